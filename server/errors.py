@@ -1,0 +1,92 @@
+"""One root exception; every failure the client may see carries a wire code and a retry hint."""
+
+from __future__ import annotations
+
+from protocol.codes import CloseCode, ErrorCode
+
+
+class ChatError(Exception):
+    """Root of every error that maps to an `error` frame."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+    retryable: bool = False
+    close_code: CloseCode | None = None
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class PeerError(ChatError):
+    """The client did something wrong; the socket usually stays open."""
+
+
+class InvalidMessage(PeerError):
+    code = ErrorCode.INVALID_MESSAGE
+
+
+class Unauthorized(PeerError):
+    code = ErrorCode.UNAUTHORIZED
+    close_code = CloseCode.UNAUTHENTICATED
+
+
+class TokenExpired(PeerError):
+    code = ErrorCode.TOKEN_EXPIRED
+    close_code = CloseCode.UNAUTHENTICATED
+
+
+class Forbidden(PeerError):
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(PeerError):
+    code = ErrorCode.NOT_FOUND
+
+
+class DuplicateId(PeerError):
+    code = ErrorCode.DUPLICATE_ID
+
+
+class TooManyStreams(PeerError):
+    code = ErrorCode.TOO_MANY_STREAMS
+    retryable = True
+
+
+class RateLimited(PeerError):
+    code = ErrorCode.RATE_LIMITED
+    retryable = True
+
+
+class ServiceError(ChatError):
+    """A dependency failed; not the client's fault."""
+
+    retryable = True
+
+
+class UpstreamUnavailable(ServiceError):
+    code = ErrorCode.UPSTREAM_UNAVAILABLE
+
+
+class RetrievalUnavailable(ServiceError):
+    code = ErrorCode.RETRIEVAL_UNAVAILABLE
+
+
+class DatabaseUnavailable(ServiceError):
+    code = ErrorCode.DATABASE_UNAVAILABLE
+
+
+class InternalError(ChatError):
+    """Our own bug: the message is generic, the details go to the log."""
+
+    code = ErrorCode.INTERNAL
+    retryable = False
+
+
+class ConfigError(Exception):
+    """A setting is wrong; raised at start, printed as one line naming the variable."""
+
+
+class EmbeddingMismatch(ConfigError):
+    """The vector collection was built by a different embedding model."""
