@@ -1,0 +1,1 @@
+"""Wire types and codec of the chat protocol; pure, no I/O."""

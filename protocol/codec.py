@@ -1,0 +1,50 @@
+"""The one codec of protocol v1: decoders and encoders built once, shared by every connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from protocol.frames import ClientFrame, ServerFrame
+
+
+class DecodeError(ValueError):
+    """A client frame that is not valid JSON or does not match the schema."""
+
+
+_client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
+_server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(ServerFrame)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_client(data: str | bytes) -> ClientFrame:
+    """Decode one client frame; raise DecodeError naming the offending field."""
+    try:
+        return _client_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"malformed JSON: {exc}") from None
+
+
+def decode_server(data: str | bytes) -> ServerFrame:
+    """Decode one server frame (for clients and tests)."""
+    return _server_decoder.decode(data)
+
+
+def encode(frame: Any) -> bytes:
+    """Encode any frame to JSON bytes."""
+    return _encoder.encode(frame)
+
+
+def schema() -> dict[str, Any]:
+    """JSON Schema of every client and server frame."""
+    (client, server), components = msgspec.json.schema_components([ClientFrame, ServerFrame])
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "textbook-chat protocol v1",
+        "client_frame": client,
+        "server_frame": server,
+        "$defs": components,
+    }

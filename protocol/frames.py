@@ -1,0 +1,202 @@
+"""Frames of protocol v1: one frozen msgspec Struct per frame type, tagged by `type`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from protocol.codes import ErrorCode
+
+PROTOCOL_VERSION = 1
+
+StreamId = Annotated[str, Meta(min_length=1, max_length=64)]
+Token = Annotated[str, Meta(min_length=1, max_length=16_384)]
+Question = Annotated[str, Meta(min_length=1, max_length=4000)]
+SelectionText = Annotated[str, Meta(min_length=1, max_length=8000)]
+ShortText = Annotated[str, Meta(max_length=2048)]
+ChapterRef = Annotated[str, Meta(min_length=1, max_length=256)]
+LanguageCode = Annotated[str, Meta(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=35)]
+Nonce = Annotated[str, Meta(max_length=128)]
+Seq = Annotated[int, Meta(ge=0)]
+ConversationId = Annotated[str, Meta(min_length=1, max_length=64)]
+
+Mode = Literal["personalize", "translate"]
+FinishReason = Literal["stop", "length", "cancelled"]
+Direction = Literal["ltr", "rtl"]
+
+
+class _Frame(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
+    """Base of every frame."""
+
+
+# ---- client → server ---------------------------------------------------------------------
+
+
+class Selection(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Text the reader highlighted, with where it came from."""
+
+    text: SelectionText
+    page_url: ShortText | None = None
+    chapter: ChapterRef | None = None
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise ValueError("selection.text must not be blank")
+
+
+class Auth(_Frame, frozen=True, tag="auth"):
+    """Authenticate the connection, or refresh its token."""
+
+    token: Token
+
+
+class Ask(_Frame, frozen=True, tag="ask"):
+    """Ask a question; the answer streams back."""
+
+    id: StreamId
+    question: Question
+    conversation_id: ConversationId | None = None
+    selection: Selection | None = None
+    chapter: ChapterRef | None = None
+
+    def __post_init__(self) -> None:
+        if not self.question.strip():
+            raise ValueError("question must not be blank")
+
+
+class Chapter(_Frame, frozen=True, tag="chapter"):
+    """Stream a chapter rewritten for this reader, or translated."""
+
+    id: StreamId
+    chapter: ChapterRef
+    mode: Mode
+    language: LanguageCode | None = None
+
+
+class Cancel(_Frame, frozen=True, tag="cancel"):
+    """Stop a stream."""
+
+    id: StreamId
+
+
+class Resume(_Frame, frozen=True, tag="resume"):
+    """Re-attach to a stream begun on an earlier connection; replay after `after_seq`."""
+
+    id: StreamId
+    after_seq: Seq
+
+
+class Ping(_Frame, frozen=True, tag="ping"):
+    """Application-level liveness probe."""
+
+    nonce: Nonce | None = None
+
+
+ClientFrame = Auth | Ask | Chapter | Cancel | Resume | Ping
+
+
+# ---- server → client ---------------------------------------------------------------------
+
+
+class Limits(msgspec.Struct, frozen=True):
+    """Limits the server enforces on this connection."""
+
+    max_streams: int
+    max_question_chars: int = 4000
+    max_selection_chars: int = 8000
+    max_frame_bytes: int = 131_072
+
+
+class Ready(_Frame, frozen=True, tag="ready", omit_defaults=False):
+    """Authentication succeeded (or the token was refreshed)."""
+
+    session_id: str
+    user_id: str
+    expires_at: int
+    limits: Limits
+    protocol: int = PROTOCOL_VERSION
+
+
+class Start(_Frame, frozen=True, tag="start"):
+    """A stream began."""
+
+    id: str
+    seq: int
+    message_id: str
+    conversation_id: str | None = None
+    direction: Direction | None = None
+
+
+class Source(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A passage of the book given to the model, best first."""
+
+    chapter: str
+    title: str
+    score: float
+    text: str
+    section: str | None = None
+    url: str | None = None
+
+
+class Sources(_Frame, frozen=True, tag="sources"):
+    """The passages an answer is grounded in."""
+
+    id: str
+    seq: int
+    sources: list[Source]
+
+
+class Delta(_Frame, frozen=True, tag="delta"):
+    """The next piece of generated text."""
+
+    id: str
+    seq: int
+    text: str
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """Token counts reported by the model."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Timings(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Where the stream's time went, in milliseconds."""
+
+    first_token_ms: float
+    total_ms: float
+    retrieval_ms: float | None = None
+
+
+class Done(_Frame, frozen=True, tag="done"):
+    """The stream ended normally or was cancelled."""
+
+    id: str
+    seq: int
+    finish_reason: FinishReason
+    timings: Timings
+    usage: Usage | None = None
+    cached: bool | None = None
+
+
+class Error(_Frame, frozen=True, tag="error"):
+    """A stream failed (with `id`) or a connection-level problem (without)."""
+
+    code: ErrorCode
+    message: str
+    retryable: bool
+    id: str | None = None
+    seq: int | None = None
+
+
+class Pong(_Frame, frozen=True, tag="pong"):
+    """Answer to `ping`."""
+
+    nonce: str | None = None
+
+
+ServerFrame = Ready | Start | Sources | Delta | Done | Error | Pong
+StreamFrame = Start | Sources | Delta | Done | Error

@@ -1,0 +1,305 @@
+"""Postgres: migrations, book metadata, conversations and messages. All SQL lives here and in sql/."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from server.errors import DatabaseUnavailable, NotFound
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "sql"
+_MIGRATION_NAME = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
+_MIGRATION_LOCK = 0x7E47B00C  # advisory lock id: concurrent starters migrate one at a time
+
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    TimeoutError,
+)
+
+
+@contextlib.contextmanager
+def _unavailable_as_chat_error() -> Any:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        log.warning("database unavailable: %s", type(exc).__name__)
+        raise DatabaseUnavailable("the database is unavailable; try again shortly") from exc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChapterRow:
+    """A chapter's metadata (and markdown) as stored by ingest."""
+
+    id: str
+    title: str
+    url: str
+    source_path: str
+    position: int
+    content_hash: str
+    markdown: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SectionRow:
+    """A section of a chapter."""
+
+    id: str
+    chapter_id: str
+    title: str
+    heading_path: list[str]
+    level: int
+    position: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Turn:
+    """One earlier question and its answer, for conversation history."""
+
+    question: str
+    answer: str
+
+
+@dataclasses.dataclass(slots=True)
+class MessageOutcome:
+    """How a message ended, as saved."""
+
+    status: str
+    answer: str
+    error_code: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    timings: dict[str, float] | None = None
+
+
+class Store:
+    """The project's Postgres access; one pool per process."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> Store:
+        """Open a pool; raise DatabaseUnavailable if the server cannot be reached."""
+        with _unavailable_as_chat_error():
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, command_timeout=30, init=_init_connection
+            )
+        return cls(pool)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        with _unavailable_as_chat_error():
+            async with self._pool.acquire(timeout=10) as conn:
+                yield conn
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailable unless a trivial query succeeds."""
+        async with self._conn() as conn:
+            await conn.fetchval("SELECT 1")
+
+    # ---- migrations --------------------------------------------------------------------
+
+    async def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[str]:
+        """Apply pending numbered migrations in order; return the names applied."""
+        files = sorted(
+            (int(m.group(1)), p) for p in directory.glob("*.sql") if (m := _MIGRATION_NAME.match(p.name))
+        )
+        applied: list[str] = []
+        async with self._conn() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for version, path in files:
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(path.read_text())
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, path.name
+                        )
+                    applied.append(path.name)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        return applied
+
+    # ---- book metadata -----------------------------------------------------------------
+
+    async def chapter_hashes(self) -> dict[str, str]:
+        """Chapter id → content hash of every stored chapter."""
+        async with self._conn() as conn:
+            rows = await conn.fetch("SELECT id, content_hash FROM chapters")
+        return {r["id"]: r["content_hash"] for r in rows}
+
+    async def save_chapter(self, chapter: ChapterRow, sections: Sequence[SectionRow]) -> None:
+        """Insert or replace a chapter and its sections."""
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO chapters (id, title, url, source_path, position, content_hash, markdown)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                " ON CONFLICT (id) DO UPDATE SET title = $2, url = $3, source_path = $4, position = $5,"
+                " content_hash = $6, markdown = $7, updated_at = now()",
+                chapter.id, chapter.title, chapter.url, chapter.source_path,
+                chapter.position, chapter.content_hash, chapter.markdown,
+            )  # fmt: skip
+            await conn.execute("DELETE FROM sections WHERE chapter_id = $1", chapter.id)
+            await conn.executemany(
+                "INSERT INTO sections (id, chapter_id, title, heading_path, level, position)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                [(s.id, s.chapter_id, s.title, s.heading_path, s.level, s.position) for s in sections],
+            )
+
+    async def delete_chapters_except(self, keep: Iterable[str]) -> list[str]:
+        """Delete chapters not in `keep`; return the deleted ids."""
+        async with self._conn() as conn:
+            rows = await conn.fetch("DELETE FROM chapters WHERE NOT (id = ANY($1::text[])) RETURNING id", list(keep))
+        return [r["id"] for r in rows]
+
+    async def get_chapter(self, chapter_id: str) -> ChapterRow | None:
+        """A chapter by id, or None."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, title, url, source_path, position, content_hash, markdown FROM chapters WHERE id = $1",
+                chapter_id,
+            )
+        return ChapterRow(**dict(row)) if row else None
+
+    async def chapter_titles(self) -> dict[str, tuple[str, str]]:
+        """Chapter id → (title, url) for every chapter."""
+        async with self._conn() as conn:
+            rows = await conn.fetch("SELECT id, title, url FROM chapters ORDER BY position")
+        return {r["id"]: (r["title"], r["url"]) for r in rows}
+
+    # ---- conversations -----------------------------------------------------------------
+
+    async def open_conversation(
+        self, user_id: str, conversation_id: str | None, title: str, history_limit: int
+    ) -> tuple[str, list[Turn]]:
+        """Continue the user's conversation (with its recent turns) or start a new one."""
+        async with self._conn() as conn:
+            if conversation_id is None:
+                new_id = uuid.uuid4()
+                await conn.execute(
+                    "INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)", new_id, user_id, title[:200]
+                )
+                return str(new_id), []
+            conv = _parse_uuid(conversation_id)
+            owner = await conn.fetchval("SELECT user_id FROM conversations WHERE id = $1", conv) if conv else None
+            if owner != user_id:
+                raise NotFound("no such conversation")
+            rows = await conn.fetch(
+                "SELECT question, answer FROM messages WHERE conversation_id = $1 AND status = 'complete'"
+                " ORDER BY created_at DESC LIMIT $2",
+                conv,
+                history_limit,
+            )
+        return conversation_id, [Turn(r["question"], r["answer"]) for r in reversed(rows)]
+
+    async def begin_message(
+        self,
+        *,
+        message_id: str,
+        conversation_id: str,
+        user_id: str,
+        stream_id: str,
+        question: str,
+        selection: dict[str, Any] | None,
+        chapter_id: str | None,
+        model: str,
+    ) -> None:
+        """Record a message as streaming, so a partial answer can be saved whatever happens."""
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO messages (id, conversation_id, user_id, stream_id, question, selection, chapter_id,"
+                " status, model) VALUES ($1, $2, $3, $4, $5, $6, $7, 'streaming', $8)",
+                uuid.UUID(message_id), uuid.UUID(conversation_id), user_id, stream_id, question,
+                json.dumps(selection) if selection else None, chapter_id, model,
+            )  # fmt: skip
+
+    async def finish_message(self, message_id: str, sources: list[dict[str, Any]], outcome: MessageOutcome) -> None:
+        """Save how a message ended: its answer (partial if cut short), sources, usage and status."""
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE messages SET status = $2, answer = $3, sources = $4, error_code = $5, prompt_tokens = $6,"
+                " completion_tokens = $7, timings = $8, finished_at = now() WHERE id = $1",
+                uuid.UUID(message_id), outcome.status, outcome.answer, json.dumps(sources), outcome.error_code,
+                outcome.prompt_tokens, outcome.completion_tokens,
+                json.dumps(outcome.timings) if outcome.timings else None,
+            )  # fmt: skip
+            await conn.execute(
+                "UPDATE conversations SET updated_at = now() WHERE id ="
+                " (SELECT conversation_id FROM messages WHERE id = $1)",
+                uuid.UUID(message_id),
+            )
+
+    async def list_conversations(self, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The user's conversations, newest first."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT id::text AS id, title, created_at, updated_at FROM conversations"
+                " WHERE user_id = $1 ORDER BY updated_at DESC LIMIT $2",
+                user_id,
+                limit,
+            )
+        return [
+            {**dict(r), "created_at": r["created_at"].isoformat(), "updated_at": r["updated_at"].isoformat()}
+            for r in rows
+        ]
+
+    async def list_messages(self, user_id: str, conversation_id: str) -> list[dict[str, Any]]:
+        """Messages of the user's conversation, oldest first; NotFound for anyone else's."""
+        conv = _parse_uuid(conversation_id)
+        async with self._conn() as conn:
+            owner = await conn.fetchval("SELECT user_id FROM conversations WHERE id = $1", conv) if conv else None
+            if owner != user_id:
+                raise NotFound("no such conversation")
+            rows = await conn.fetch(
+                "SELECT id::text AS id, stream_id, question, selection, chapter_id, answer, sources, status,"
+                " error_code, prompt_tokens, completion_tokens, model, timings, created_at, finished_at"
+                " FROM messages WHERE conversation_id = $1 ORDER BY created_at",
+                conv,
+            )
+        out = []
+        for r in rows:
+            item = dict(r)
+            for key in ("selection", "sources", "timings"):
+                item[key] = json.loads(item[key]) if item[key] is not None else None
+            item["created_at"] = r["created_at"].isoformat()
+            item["finished_at"] = r["finished_at"].isoformat() if r["finished_at"] else None
+            out.append(item)
+        return out
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute("SET application_name = 'textbook-chat'")
+
+
+def _parse_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
