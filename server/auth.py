@@ -49,7 +49,10 @@ class JwksCache:
         if kid in self._keys:
             return self._keys[kid]
         async with self._lock:
-            if kid not in self._keys and time.monotonic() - self._fetched_at >= JWKS_REFETCH_MIN_INTERVAL_S:
+            if (
+                kid not in self._keys
+                and time.monotonic() - self._fetched_at >= JWKS_REFETCH_MIN_INTERVAL_S
+            ):
                 await self._refresh()
         if kid in self._keys:
             return self._keys[kid]
@@ -72,7 +75,9 @@ class JwksCache:
 class TokenVerifier:
     """Verifies bearer tokens; the accepted algorithms come from configuration, never from the token."""
 
-    def __init__(self, settings: Settings, secret: str | None, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, settings: Settings, secret: str | None, http: httpx.AsyncClient | None = None
+    ) -> None:
         self._secret = secret
         self._algorithms = settings.jwt_algorithms
         self._issuer = settings.jwt_issuer
@@ -99,7 +104,10 @@ class TokenVerifier:
             key = (await self._jwks.key(header.get("kid"))).key
         else:
             raise Unauthorized("token algorithm not accepted")
-        options: dict[str, Any] = {"require": ["exp", "sub"], "verify_aud": self._audience is not None}
+        options: dict[str, Any] = {
+            "require": ["exp", "sub"],
+            "verify_aud": self._audience is not None,
+        }
         try:
             claims = jwt.decode(
                 token,
@@ -141,7 +149,9 @@ def signing_secret(settings: Settings, *, loopback: bool, create: bool = True) -
     if settings.jwks_url:
         return None
     if not loopback:
-        raise ConfigError("JWT_SECRET: set JWT_SECRET or JWKS_URL to serve beyond loopback (no dev secret there)")
+        raise ConfigError(
+            "JWT_SECRET: set JWT_SECRET or JWKS_URL to serve beyond loopback (no dev secret there)"
+        )
     path = settings.data_dir / DEV_SECRET_FILE
     if path.exists():
         return path.read_text().strip()
@@ -159,7 +169,15 @@ def _write_dev_secret(path: Path) -> str:
     return value
 
 
-def mint_token(secret: str, sub: str, ttl_s: int, *, issuer: str | None = None, audience: str | None = None, extra: dict[str, Any] | None = None) -> str:
+def mint_token(
+    secret: str,
+    sub: str,
+    ttl_s: int,
+    *,
+    issuer: str | None = None,
+    audience: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
     """An HS256 token for `sub`, valid for `ttl_s` seconds."""
     now = int(time.time())
     claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + ttl_s, **(extra or {})}

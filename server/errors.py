@@ -90,3 +90,20 @@ class ConfigError(Exception):
 
 class EmbeddingMismatch(ConfigError):
     """The vector collection was built by a different embedding model."""
+
+
+# The one table from wire code to HTTP status, for the HTTP side of the API.
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_MESSAGE: 422,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.DUPLICATE_ID: 409,
+    ErrorCode.TOO_MANY_STREAMS: 429,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UPSTREAM_UNAVAILABLE: 503,
+    ErrorCode.RETRIEVAL_UNAVAILABLE: 503,
+    ErrorCode.DATABASE_UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}

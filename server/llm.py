@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-import httpx
+import httpx2
 import msgspec
 import openai
 
@@ -34,6 +34,7 @@ class ChatModel(Protocol):
         ...
 
 
+# The SDK (on httpx2) raises its transport's errors unwrapped while a raw stream is read.
 # The SDK's per-chunk pydantic models cost ~110 µs each; we keep the SDK as the transport
 # (base URL, auth, retries, status errors) and decode the SSE lines ourselves.
 class _DeltaContent(msgspec.Struct):
@@ -62,7 +63,9 @@ _chunk_decoder = msgspec.json.Decoder(_Chunk)
 class OpenAIChatModel:
     """Any OpenAI-compatible chat completions endpoint, streamed."""
 
-    def __init__(self, client: openai.AsyncOpenAI, model: str, *, max_tokens: int, temperature: float = 0.2) -> None:
+    def __init__(
+        self, client: openai.AsyncOpenAI, model: str, *, max_tokens: int, temperature: float = 0.2
+    ) -> None:
         self.name = model
         self._client = client
         self._max_tokens = max_tokens
@@ -73,7 +76,7 @@ class OpenAIChatModel:
         try:
             async with self._client.chat.completions.with_streaming_response.create(
                 model=self.name,
-                messages=prompt.messages,  # type: ignore[arg-type]
+                messages=cast(Any, prompt.messages),  # plain role/content dicts
                 stream=True,
                 stream_options={"include_usage": True},
                 max_tokens=self._max_tokens,
@@ -96,15 +99,21 @@ class OpenAIChatModel:
                         generation.completion_tokens = chunk.usage.completion_tokens
                     for choice in chunk.choices:
                         if choice.finish_reason:
-                            generation.finish_reason = "length" if choice.finish_reason == "length" else "stop"
+                            generation.finish_reason = (
+                                "length" if choice.finish_reason == "length" else "stop"
+                            )
                         if choice.delta is not None and choice.delta.content:
                             yield choice.delta.content
         except openai.APIStatusError as exc:
             status = exc.status_code
             retryable = status == 429 or status >= 500
-            raise UpstreamUnavailable(f"the model provider answered HTTP {status}", retryable=retryable) from None
-        except (openai.APIConnectionError, openai.APITimeoutError, httpx.HTTPError):
-            raise UpstreamUnavailable("the model provider could not be reached or broke off") from None
+            raise UpstreamUnavailable(
+                f"the model provider answered HTTP {status}", retryable=retryable
+            ) from None
+        except (openai.APIConnectionError, openai.APITimeoutError, httpx2.HTTPError):
+            raise UpstreamUnavailable(
+                "the model provider could not be reached or broke off"
+            ) from None
 
 
 EXTRACTIVE_NOTICE = (
@@ -151,4 +160,3 @@ def _excerpt(text: str, limit: int) -> str:
         return text
     cut = text.rfind(" ", 0, limit)
     return text[: cut if cut > limit // 2 else limit].rstrip() + " …"
-

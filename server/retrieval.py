@@ -32,14 +32,23 @@ class Retriever:
         self._bm25 = bm25
 
     async def search(
-        self, question: str, *, selection: str | None = None, chapter_id: str | None = None, limit: int = 6
+        self,
+        question: str,
+        *,
+        selection: str | None = None,
+        chapter_id: str | None = None,
+        limit: int = 6,
     ) -> list[Passage]:
         """Best passages first. The selection, when given, steers retrieval together with the question."""
         query = f"{selection}\n{question}" if selection else question
         dense = await self._embedder.embed_query(query)
         indices, values = await asyncio.to_thread(self._bm25.encode_query, query)
         hits = await self._vectors.search(
-            dense=dense, sparse_indices=indices, sparse_values=values, limit=limit, chapter_id=chapter_id
+            dense=dense,
+            sparse_indices=indices,
+            sparse_values=values,
+            limit=limit,
+            chapter_id=chapter_id,
         )
         return [_passage(h) for h in hits]
 

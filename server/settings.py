@@ -14,7 +14,9 @@ import platformdirs
 from server.errors import ConfigError
 
 ASYMMETRIC_ALGORITHMS = ("EdDSA", "ES256", "RS256")
-KNOWN_ALGORITHMS = frozenset({"HS256", "HS384", "HS512", "EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256"})
+KNOWN_ALGORITHMS = frozenset(
+    {"HS256", "HS384", "HS512", "EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256"}
+)
 _Getter = Callable[[str], str | None]
 SAMPLE_BOOK_DIR = Path(__file__).parent / "sample_book" / "docs"
 
@@ -33,6 +35,7 @@ class Settings:
     chat_model: str = "gpt-4o-mini"
     embedding_provider: str = "local"
     embedding_model: str | None = None
+    embedding_dimensions: int | None = None
     jwt_secret: str | None = None
     jwks_url: str | None = None
     jwt_issuer: str | None = None
@@ -67,7 +70,9 @@ class Settings:
             value = e.get(name, "").strip()
             return value or None
 
-        data_dir = Path(get("DATA_DIR") or platformdirs.user_data_path("textbook-chat")).expanduser()
+        data_dir = Path(
+            get("DATA_DIR") or platformdirs.user_data_path("textbook-chat")
+        ).expanduser()
         database_url = _url(get, "DATABASE_URL", ("postgres", "postgresql"))
         qdrant_url = _url(get, "QDRANT_URL", ("http", "https"))
         openai_base_url = _url(get, "OPENAI_BASE_URL", ("http", "https"))
@@ -80,18 +85,26 @@ class Settings:
             raise ConfigError(f"EMBEDDING_PROVIDER: must be 'local' or 'openai', not {provider!r}")
         openai_api_key = get("OPENAI_API_KEY")
         if provider == "openai" and not (openai_api_key or openai_base_url):
-            raise ConfigError("EMBEDDING_PROVIDER: 'openai' needs OPENAI_API_KEY or OPENAI_BASE_URL")
+            raise ConfigError(
+                "EMBEDDING_PROVIDER: 'openai' needs OPENAI_API_KEY or OPENAI_BASE_URL"
+            )
 
         jwt_secret = get("JWT_SECRET")
         if jwt_secret is not None and len(jwt_secret.encode()) < 32:
-            raise ConfigError("JWT_SECRET: must be at least 32 bytes (HS256 keys shorter than that are guessable)")
+            raise ConfigError(
+                "JWT_SECRET: must be at least 32 bytes (HS256 keys shorter than that are guessable)"
+            )
         algorithms = _algorithms(get("JWT_ALGORITHMS"), jwt_secret, jwks_url)
 
-        origins = tuple(o.strip().rstrip("/") for o in (get("ALLOWED_ORIGINS") or "").split(",") if o.strip())
+        origins = tuple(
+            o.strip().rstrip("/") for o in (get("ALLOWED_ORIGINS") or "").split(",") if o.strip()
+        )
         for origin in origins:
             parts = urlsplit(origin)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-                raise ConfigError(f"ALLOWED_ORIGINS: {origin!r} is not an origin like https://book.example.com")
+                raise ConfigError(
+                    f"ALLOWED_ORIGINS: {origin!r} is not an origin like https://book.example.com"
+                )
 
         book_dir = Path(get("BOOK_DIR") or SAMPLE_BOOK_DIR).expanduser()
         if not book_dir.is_dir():
@@ -108,6 +121,7 @@ class Settings:
             chat_model=get("CHAT_MODEL") or "gpt-4o-mini",
             embedding_provider=provider,
             embedding_model=get("EMBEDDING_MODEL"),
+            embedding_dimensions=_int(get, "EMBEDDING_DIMENSIONS", 0, 0, 65_536) or None,
             jwt_secret=jwt_secret,
             jwks_url=jwks_url,
             jwt_issuer=get("JWT_ISSUER"),
@@ -157,7 +171,9 @@ def _choice(get: _Getter, name: str, default: str, choices: tuple[str, ...]) -> 
 
 def _algorithms(raw: str | None, secret: str | None, jwks_url: str | None) -> tuple[str, ...]:
     if raw is None:
-        algs: tuple[str, ...] = (("HS256",) if secret else ()) + (ASYMMETRIC_ALGORITHMS if jwks_url else ())
+        algs: tuple[str, ...] = (("HS256",) if secret else ()) + (
+            ASYMMETRIC_ALGORITHMS if jwks_url else ()
+        )
         return algs or ("HS256",)
     algs = tuple(a.strip() for a in raw.split(",") if a.strip())
     for alg in algs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from server.errors import DatabaseUnavailable, NotFound
 
@@ -107,7 +109,7 @@ class Store:
         await self._pool.close()
 
     @contextlib.asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _conn(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
         with _unavailable_as_chat_error():
             async with self._pool.acquire(timeout=10) as conn:
                 yield conn
@@ -121,9 +123,7 @@ class Store:
 
     async def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[str]:
         """Apply pending numbered migrations in order; return the names applied."""
-        files = sorted(
-            (int(m.group(1)), p) for p in directory.glob("*.sql") if (m := _MIGRATION_NAME.match(p.name))
-        )
+        files = await asyncio.to_thread(_migration_files, directory)
         applied: list[str] = []
         async with self._conn() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
@@ -133,14 +133,18 @@ class Store:
                     " version integer PRIMARY KEY, name text NOT NULL,"
                     " applied_at timestamptz NOT NULL DEFAULT now())"
                 )
-                done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                done = {
+                    r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
+                }
                 for version, path in files:
                     if version in done:
                         continue
                     async with conn.transaction():
-                        await conn.execute(path.read_text())
+                        await conn.execute(await asyncio.to_thread(path.read_text))
                         await conn.execute(
-                            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, path.name
+                            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                            version,
+                            path.name,
                         )
                     applied.append(path.name)
             finally:
@@ -170,13 +174,18 @@ class Store:
             await conn.executemany(
                 "INSERT INTO sections (id, chapter_id, title, heading_path, level, position)"
                 " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-                [(s.id, s.chapter_id, s.title, s.heading_path, s.level, s.position) for s in sections],
+                [
+                    (s.id, s.chapter_id, s.title, s.heading_path, s.level, s.position)
+                    for s in sections
+                ],
             )
 
     async def delete_chapters_except(self, keep: Iterable[str]) -> list[str]:
         """Delete chapters not in `keep`; return the deleted ids."""
         async with self._conn() as conn:
-            rows = await conn.fetch("DELETE FROM chapters WHERE NOT (id = ANY($1::text[])) RETURNING id", list(keep))
+            rows = await conn.fetch(
+                "DELETE FROM chapters WHERE NOT (id = ANY($1::text[])) RETURNING id", list(keep)
+            )
         return [r["id"] for r in rows]
 
     async def get_chapter(self, chapter_id: str) -> ChapterRow | None:
@@ -204,11 +213,18 @@ class Store:
             if conversation_id is None:
                 new_id = uuid.uuid4()
                 await conn.execute(
-                    "INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)", new_id, user_id, title[:200]
+                    "INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)",
+                    new_id,
+                    user_id,
+                    title[:200],
                 )
                 return str(new_id), []
             conv = _parse_uuid(conversation_id)
-            owner = await conn.fetchval("SELECT user_id FROM conversations WHERE id = $1", conv) if conv else None
+            owner = (
+                await conn.fetchval("SELECT user_id FROM conversations WHERE id = $1", conv)
+                if conv
+                else None
+            )
             if owner != user_id:
                 raise NotFound("no such conversation")
             rows = await conn.fetch(
@@ -240,7 +256,9 @@ class Store:
                 json.dumps(selection) if selection else None, chapter_id, model,
             )  # fmt: skip
 
-    async def finish_message(self, message_id: str, sources: list[dict[str, Any]], outcome: MessageOutcome) -> None:
+    async def finish_message(
+        self, message_id: str, sources: list[dict[str, Any]], outcome: MessageOutcome
+    ) -> None:
         """Save how a message ended: its answer (partial if cut short), sources, usage and status."""
         async with self._conn() as conn:
             await conn.execute(
@@ -266,7 +284,11 @@ class Store:
                 limit,
             )
         return [
-            {**dict(r), "created_at": r["created_at"].isoformat(), "updated_at": r["updated_at"].isoformat()}
+            {
+                **dict(r),
+                "created_at": r["created_at"].isoformat(),
+                "updated_at": r["updated_at"].isoformat(),
+            }
             for r in rows
         ]
 
@@ -274,7 +296,11 @@ class Store:
         """Messages of the user's conversation, oldest first; NotFound for anyone else's."""
         conv = _parse_uuid(conversation_id)
         async with self._conn() as conn:
-            owner = await conn.fetchval("SELECT user_id FROM conversations WHERE id = $1", conv) if conv else None
+            owner = (
+                await conn.fetchval("SELECT user_id FROM conversations WHERE id = $1", conv)
+                if conv
+                else None
+            )
             if owner != user_id:
                 raise NotFound("no such conversation")
             rows = await conn.fetch(
@@ -292,6 +318,11 @@ class Store:
             item["finished_at"] = r["finished_at"].isoformat() if r["finished_at"] else None
             out.append(item)
         return out
+
+
+def _migration_files(directory: Path) -> list[tuple[int, Path]]:
+    found = ((_MIGRATION_NAME.match(p.name), p) for p in directory.glob("*.sql"))
+    return sorted((int(m.group(1)), p) for m, p in found if m)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -1,0 +1,116 @@
+"""The Starlette application: the chat socket and the HTTP endpoints beside it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from protocol import codec
+from server.auth import Identity
+from server.errors import HTTP_STATUS, ChatError, Unauthorized
+from server.services import Services
+from server.session import Connection
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _services(request: Request | WebSocket) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _error(exc: ChatError) -> JSONResponse:
+    body = {"error": {"code": exc.code.value, "message": exc.message, "retryable": exc.retryable}}
+    headers = {"WWW-Authenticate": "Bearer"} if HTTP_STATUS[exc.code] == 401 else None
+    return JSONResponse(body, status_code=HTTP_STATUS[exc.code], headers=headers)
+
+
+async def _bearer(request: Request) -> Identity:
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise Unauthorized("missing bearer token")
+    return await _services(request).verifier.verify(header[7:].strip())
+
+
+async def chat(ws: WebSocket) -> None:
+    """The chat socket."""
+    await Connection(ws, _services(ws)).serve()
+
+
+async def healthz(request: Request) -> Response:
+    """The process is alive."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Every dependency is reachable; 503 naming what is not."""
+    checks = await _services(request).readiness()
+    ok = all(v.startswith("ok") for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+    )
+
+
+async def protocol_schema(request: Request) -> Response:
+    """JSON Schema of every frame, from the msgspec types the server uses."""
+    return JSONResponse(codec.schema())
+
+
+async def conversations(request: Request) -> Response:
+    """The reader's conversations, newest first."""
+    try:
+        identity = await _bearer(request)
+        items = await _services(request).store.list_conversations(identity.user_id)
+    except ChatError as exc:
+        return _error(exc)
+    return JSONResponse({"conversations": items})
+
+
+async def conversation_messages(request: Request) -> Response:
+    """Messages of one of the reader's conversations; 404 for anyone else's."""
+    try:
+        identity = await _bearer(request)
+        items = await _services(request).store.list_messages(
+            identity.user_id, request.path_params["id"]
+        )
+    except ChatError as exc:
+        return _error(exc)
+    return JSONResponse({"messages": items})
+
+
+def create_app(
+    settings: Settings, *, loopback: bool = True, services: Services | None = None
+) -> Starlette:
+    """The ASGI app; builds its services at startup unless given ready-made ones."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        if services is not None:
+            app.state.services = services
+            yield {}
+            return
+        started = await Services.start(settings, loopback=loopback)
+        app.state.services = started
+        try:
+            yield {}
+        finally:
+            await started.close()
+
+    routes = [
+        WebSocketRoute("/v1/chat", chat),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/v1/protocol", protocol_schema),
+        Route("/v1/conversations", conversations),
+        Route("/v1/conversations/{id}/messages", conversation_messages),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,200 @@
+"""The long-lived parts of a server process, built once at start and closed at stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+
+import httpx
+import openai
+from qdrant_client import AsyncQdrantClient
+
+from server.auth import TokenVerifier, signing_secret
+from server.embeddings import Embedder, make_embedder
+from server.errors import ChatError, ConfigError
+from server.ingest import ingest_book
+from server.llm import ChatModel, ExtractiveModel, OpenAIChatModel
+from server.pg import EmbeddedPostgres
+from server.retrieval import Retriever
+from server.settings import Settings
+from server.store import Store
+from server.vectorstore import Bm25Encoder, EdgeVectorStore, QdrantServerStore, VectorStore
+
+log = logging.getLogger(__name__)
+
+CATALOG_REFRESH_S = 10.0
+
+
+class ChapterCatalog:
+    """Chapter ids → (title, url), cached in memory and refreshed on a miss at most every few seconds."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._chapters: dict[str, tuple[str, str]] = {}
+        self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def exists(self, chapter_id: str) -> bool:
+        """True when the book has this chapter."""
+        if chapter_id not in self._chapters:
+            await self.refresh(force=False)
+        return chapter_id in self._chapters
+
+    async def refresh(self, *, force: bool = True) -> None:
+        """Reload from the database (after ingest, or on a miss)."""
+        async with self._lock:
+            if force or time.monotonic() - self._loaded_at >= CATALOG_REFRESH_S:
+                self._chapters = await self._store.chapter_titles()
+                self._loaded_at = time.monotonic()
+
+
+def openai_client(settings: Settings) -> openai.AsyncOpenAI:
+    """The SDK client for the configured OpenAI-compatible server."""
+    return openai.AsyncOpenAI(
+        api_key=settings.openai_api_key or "unused",
+        base_url=settings.openai_base_url,
+        timeout=openai.Timeout(settings.model_timeout_s, connect=5.0),
+        max_retries=2,
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class Services:
+    """Everything a connection needs, shared by all connections of the process."""
+
+    settings: Settings
+    store: Store
+    vectors: VectorStore
+    embedder: Embedder
+    bm25: Bm25Encoder
+    retriever: Retriever
+    model: ChatModel
+    verifier: TokenVerifier
+    catalog: ChapterCatalog
+    http: httpx.AsyncClient
+    llm_client: openai.AsyncOpenAI | None = None
+    embedded_pg: EmbeddedPostgres | None = None
+    _exit: contextlib.AsyncExitStack = dataclasses.field(default_factory=contextlib.AsyncExitStack)
+
+    @classmethod
+    async def start(cls, settings: Settings, *, loopback: bool) -> Services:
+        """Connect to (or start) every dependency; raise ConfigError for what cannot work."""
+        async with contextlib.AsyncExitStack() as stack:
+            store, embedded_pg = await connect_store(settings, stack)
+            applied = await store.migrate()
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+
+            http = httpx.AsyncClient()
+            stack.push_async_callback(http.aclose)
+            llm_client = openai_client(settings) if settings.model_configured else None
+            if llm_client is not None:
+                stack.push_async_callback(llm_client.close)
+            embedder = make_embedder(
+                settings.embedding_provider,
+                openai_client=llm_client,
+                openai_model=settings.embedding_model,
+                openai_dim=settings.embedding_dimensions,
+            )
+            stack.push_async_callback(embedder.aclose)
+            vectors = open_vector_store(settings)
+            stack.push_async_callback(vectors.aclose)
+            await vectors.open(dim=embedder.dim, embedding_model=embedder.model_name)
+            bm25 = Bm25Encoder()
+            catalog = ChapterCatalog(store)
+            if await vectors.count() == 0:
+                log.info("the vector store is empty: ingesting %s", settings.book_dir)
+                await ingest_book(
+                    settings.book_dir, store=store, vectors=vectors, embedder=embedder, bm25=bm25
+                )
+            await catalog.refresh()
+            model: ChatModel
+            if llm_client is not None:
+                model = OpenAIChatModel(
+                    llm_client, settings.chat_model, max_tokens=settings.max_answer_tokens
+                )
+            else:
+                log.warning(
+                    "no model configured (OPENAI_API_KEY / OPENAI_BASE_URL): answers are extractive"
+                )
+                model = ExtractiveModel()
+            verifier = TokenVerifier(settings, signing_secret(settings, loopback=loopback), http)
+            services = cls(
+                settings=settings,
+                store=store,
+                vectors=vectors,
+                embedder=embedder,
+                bm25=bm25,
+                retriever=Retriever(embedder, vectors, bm25),
+                model=model,
+                verifier=verifier,
+                catalog=catalog,
+                http=http,
+                llm_client=llm_client,
+                embedded_pg=embedded_pg,
+            )
+            services._exit = stack.pop_all()
+            return services
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        """Close everything `start` opened, in reverse order."""
+        await self._exit.aclose()
+
+    async def readiness(self) -> dict[str, str]:
+        """Name → "ok" or what is wrong, for /readyz."""
+        checks: dict[str, str] = {}
+
+        async def check(name: str, probe: asyncio.Future[None] | asyncio.Task[None]) -> None:
+            try:
+                await asyncio.wait_for(probe, timeout=3.0)
+                checks[name] = "ok"
+            except ChatError as exc:
+                checks[name] = exc.message
+            except (TimeoutError, OSError, httpx.HTTPError, openai.APIError) as exc:
+                checks[name] = f"unreachable ({type(exc).__name__})"
+
+        probes = [
+            check("database", asyncio.ensure_future(self.store.ping())),
+            check("vector_store", asyncio.ensure_future(self.vectors.ping())),
+        ]
+        if self.llm_client is not None:
+            probes.append(check("model", asyncio.ensure_future(_ping_model(self.llm_client))))
+        await asyncio.gather(*probes)
+        if self.llm_client is None:
+            checks["model"] = "ok (extractive: no model configured)"
+        return checks
+
+
+async def connect_store(
+    settings: Settings, stack: contextlib.AsyncExitStack
+) -> tuple[Store, EmbeddedPostgres | None]:
+    """Connect to DATABASE_URL, or start the embedded server; both closed by `stack`."""
+    embedded_pg = None
+    dsn = settings.database_url
+    if dsn is None:
+        embedded_pg = EmbeddedPostgres(settings.data_dir)
+        dsn = await asyncio.to_thread(embedded_pg.start)
+        stack.push_async_callback(asyncio.to_thread, embedded_pg.stop)
+    try:
+        store = await Store.connect(dsn)
+    except ChatError as exc:
+        variable = "DATABASE_URL" if settings.database_url else "DATA_DIR (embedded PostgreSQL)"
+        raise ConfigError(f"{variable}: cannot connect to PostgreSQL ({exc.message})") from None
+    stack.push_async_callback(store.close)
+    return store, embedded_pg
+
+
+async def _ping_model(client: openai.AsyncOpenAI) -> None:
+    await client.with_options(max_retries=0, timeout=3.0).models.list()
+
+
+def open_vector_store(settings: Settings) -> VectorStore:
+    """The embedded Qdrant engine under DATA_DIR, or a Qdrant server when QDRANT_URL is set."""
+    if settings.qdrant_url:
+        client = AsyncQdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+        return QdrantServerStore(client, settings.qdrant_collection)
+    return EdgeVectorStore(settings.data_dir / "qdrant")

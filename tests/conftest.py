@@ -1,0 +1,186 @@
+"""Shared fixtures: a real Postgres database, the fake model server, a live uvicorn server, tokens."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI does; see server/cli.py
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import uvicorn
+
+from server.app import create_app
+from server.auth import mint_token
+from server.fake_llm import FakeLLM
+from server.services import Services
+from server.session import MAX_FRAME_BYTES
+from server.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPORA = ROOT.parent / "shared" / "corpora"
+JWT_SECRET = "test-secret-" + "x" * 40
+DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+async def _reachable(dsn: str) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+@pytest.fixture(scope="session")
+def tmp_data_dir() -> Iterator[Path]:
+    """A DATA_DIR for the whole run."""
+    with tempfile.TemporaryDirectory(prefix="tc-test-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+async def admin_dsn(tmp_data_dir: Path) -> AsyncIterator[str]:
+    """A Postgres server to create test databases on: DATABASE_URL, the local one, or an embedded one."""
+    dsn = os.environ.get("DATABASE_URL") or DEFAULT_ADMIN_DSN
+    if await _reachable(dsn):
+        yield dsn
+        return
+    from server.pg import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(tmp_data_dir)
+    yield await asyncio.to_thread(pg.start)
+    await asyncio.to_thread(pg.stop)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
+    """A new empty database, dropped afterwards."""
+    name = f"tc_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield urlunsplit(urlsplit(admin_dsn)._replace(path="/" + name))
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(admin_dsn: str) -> AsyncIterator[str]:
+    """A database for the whole test session."""
+    async with fresh_database(admin_dsn) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+async def fake_llm() -> AsyncIterator[FakeLLM]:
+    """The OpenAI-compatible fake model server, on loopback."""
+    server = FakeLLM()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def make_settings(data_dir: Path, database_url: str, **overrides: str) -> Settings:
+    """Settings as the server would read them from this environment."""
+    env = {
+        "DATA_DIR": str(data_dir),
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": JWT_SECRET,
+        **overrides,
+    }
+    return Settings.from_env(env)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class AppServer:
+    """Any ASGI app under a real uvicorn on a loopback port, in the test's event loop."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            ws_max_size=MAX_FRAME_BYTES,
+            ws_per_message_deflate=False,
+            log_level="warning",
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Any:
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        assert self.task is not None
+        await self.task
+
+
+class LiveServer(AppServer):
+    """The chat app on given services."""
+
+    def __init__(self, services: Services) -> None:
+        super().__init__(create_app(services.settings, services=services))
+        self.services = services
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/chat"
+
+
+@pytest.fixture(scope="session")
+async def services(
+    tmp_data_dir: Path, database_url: str, fake_llm: FakeLLM
+) -> AsyncIterator[Services]:
+    """Services on the real test database, the embedded Qdrant engine and the fake model."""
+    settings = make_settings(
+        tmp_data_dir / "main",
+        database_url,
+        OPENAI_BASE_URL=fake_llm.base_url,
+        OPENAI_API_KEY="test-key",
+    )
+    started = await Services.start(settings, loopback=True)
+    yield started
+    await started.close()
+
+
+@pytest.fixture(scope="session")
+async def live(services: Services) -> AsyncIterator[LiveServer]:
+    """The full server, listening on loopback."""
+    async with LiveServer(services) as server:
+        yield server
+
+
+def token_for(sub: str, ttl: int = 600, **extra: Any) -> str:
+    """An HS256 token for `sub` signed with the test secret."""
+    return mint_token(JWT_SECRET, sub, ttl, extra=extra or None)
