@@ -88,22 +88,27 @@ async def conversation_messages(request: Request) -> Response:
 
 
 def create_app(
-    settings: Settings, *, loopback: bool = True, services: Services | None = None
+    settings: Settings,
+    *,
+    loopback: bool = True,
+    services: Services | None = None,
+    close_services: bool = False,
 ) -> Starlette:
-    """The ASGI app; builds its services at startup unless given ready-made ones."""
+    """The ASGI app; builds its services at startup unless given ready-made ones.
+
+    Services the app builds, or is told to close, are closed at lifespan shutdown: uvicorn
+    re-raises SIGTERM/SIGINT once it has stopped, so code after `serve()` never runs.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        if services is not None:
-            app.state.services = services
-            yield {}
-            return
-        started = await Services.start(settings, loopback=loopback)
-        app.state.services = started
+        owned = services is None or close_services
+        app.state.services = services or await Services.start(settings, loopback=loopback)
         try:
             yield {}
         finally:
-            await started.close()
+            if owned:
+                await app.state.services.close()
 
     routes = [
         WebSocketRoute("/v1/chat", chat),

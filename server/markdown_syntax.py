@@ -39,6 +39,8 @@ ESM = re.compile(
     r"|export[ \t]+(?:const|let|var|function|async|class|default|\{|\*))"
 )
 TAG_START = re.compile(r"^ {0,3}<(?P<close>/)?(?P<name>[A-Za-z][\w.:-]*)")
+JSX_TOKEN = re.compile(r"<(?P<close>/)?(?P<name>[A-Za-z][\w.:-]*)(?=[\s>/]|$)")
+INLINE_OPAQUE = re.compile(r"(`+).+?\1|<!--.*?-->")  # code spans and comments hold no markup
 MAX_TAG_LINES = 40  # an opening JSX tag longer than this is not looked for
 CUSTOM_ID = re.compile(r"[ \t]*\{#(?P<id>[^}]+)\}[ \t]*$")
 
@@ -78,6 +80,10 @@ class Block:
     children: tuple[Block, ...] = ()
 
 
+def _blank_out(match: re.Match[str]) -> str:
+    return " " * len(match.group(0))
+
+
 def _tag_end(text: str, pos: int) -> tuple[int, bool] | None:
     """Index just past the `>` of the tag opening at `pos`, and whether it self-closes."""
     quote = ""
@@ -106,6 +112,7 @@ class BlockParser:
     def __init__(self, lines: list[str]) -> None:
         self.raw = lines
         self.lines = [line.rstrip("\r\n") for line in lines]
+        self._closing: dict[tuple[int, int], int] | None = None
 
     def fence_end(self, i: int) -> int:
         """Line index after the fence opened at `i` (end of document when it never closes)."""
@@ -130,56 +137,59 @@ class BlockParser:
                 return j + 1
         return end
 
-    def _admonition_close(self, i: int, end: int) -> int | None:
-        depth = 0
-        j = i + 1
-        while j < end:
+    def _closers(self) -> dict[tuple[int, int], int]:
+        """Closing line of each admonition and JSX element, keyed by (line, column) of its opener.
+
+        One pass with a stack per kind of opener keeps odd markup (many unclosed openers) linear.
+        """
+        if self._closing is not None:
+            return self._closing
+        closing: dict[tuple[int, int], int] = {}
+        stacks: dict[str, list[tuple[int, int]]] = {}
+        j = 0
+        while j < len(self.lines):
             if self.is_fence_open(j):
                 j = self.fence_end(j)
                 continue
-            if ADMONITION_OPEN.match(self.lines[j]):
-                depth += 1
-            elif ADMONITION_CLOSE.match(self.lines[j]):
-                if depth == 0:
-                    return j
-                depth -= 1
+            line = self.lines[j]
+            if ADMONITION_OPEN.match(line):
+                stacks.setdefault(":::", []).append((j, 0))
+            elif ADMONITION_CLOSE.match(line) and stacks.get(":::"):
+                closing[stacks[":::"].pop()] = j
+            for token in JSX_TOKEN.finditer(INLINE_OPAQUE.sub(_blank_out, line)):
+                name = token.group("name")
+                if not is_component_name(name):
+                    continue
+                if token.group("close"):
+                    if stacks.get(name):
+                        closing[stacks[name].pop()] = j
+                    continue
+                window = "\n".join(self.lines[j : j + MAX_TAG_LINES])
+                opened = _tag_end(window, token.start())
+                if opened is not None and not opened[1]:
+                    stacks.setdefault(name, []).append((j, token.start()))
             j += 1
-        return None
+        self._closing = closing
+        return closing
 
     def _jsx_extent(self, i: int, end: int) -> tuple[int, int, int] | None:
-        """(inner_start, inner_end, block_end) of a multi-line JSX element opening at line i."""
-        m = TAG_START.match(self.lines[i])
-        assert m is not None
-        name = m.group("name")
-        joined = "\n".join(self.lines[i : min(end, i + MAX_TAG_LINES)])
-        opened = _tag_end(joined, joined.index("<"))
+        """(inner_start, inner_end, block_end) of the JSX element opening at line i.
+
+        A self-closing element, or one closed on its opening tag's last line, has no inner lines.
+        """
+        column = self.lines[i].index("<")
+        window = "\n".join(self.lines[i : min(end, i + MAX_TAG_LINES)])
+        opened = _tag_end(window, column)
         if opened is None:
             return None
         stop, self_closing = opened
-        open_last = i + joined.count("\n", 0, stop)
-        if self_closing:
+        open_last = i + window.count("\n", 0, stop)
+        close = self._closers().get((i, column))
+        if self_closing or close == open_last:
             return open_last + 1, open_last + 1, open_last + 1
-        column = stop - (joined.rfind("\n", 0, stop) + 1)
-        tokens = re.compile(rf"<(/?){re.escape(name)}(?=[\s>/])")
-        depth = 1
-        j = open_last
-        while j < end:
-            if j > open_last and self.is_fence_open(j):
-                j = self.fence_end(j)
-                continue
-            line = self.lines[j][column:] if j == open_last else self.lines[j]
-            for token in tokens.finditer(line):
-                if token.group(1):
-                    depth -= 1
-                else:
-                    closed = _tag_end(line, token.start())
-                    depth += 0 if closed and closed[1] else 1
-                if depth == 0:
-                    if j == open_last:
-                        return None  # opened and closed on one line: a leaf, not a container
-                    return open_last + 1, j, j + 1
-            j += 1
-        return None
+        if close is None or close >= end:
+            return None
+        return open_last + 1, close, close + 1
 
     def _starts_block(self, i: int) -> bool:
         """True if line i cannot continue a paragraph."""
@@ -234,8 +244,8 @@ class BlockParser:
         if stripped.startswith("{/*"):
             return Block("comment", i, self._scan_until(i, end, "*/}"))
         if ADMONITION_OPEN.match(line):
-            close = self._admonition_close(i, end)
-            if close is None:
+            close = self._closers().get((i, 0))
+            if close is None or close >= end:
                 return Block("marker", i, i + 1)
             return Block(
                 "admonition", i, close + 1, i + 1, close, tuple(self.parse(i + 1, close, False))

@@ -264,6 +264,14 @@ def test_tabs_tabitems_and_comments_are_unwrapped() -> None:
     assert '<!-- kept: code is code -->\n<robot name="r"/>' in text
 
 
+def test_tags_in_code_spans_and_comments_do_not_confuse_jsx_matching() -> None:
+    body = (
+        "# T\n\n<Tabs>\n\n## Inside\n\nUse `<Tabs>` here. <!-- <Tabs> -->\n\n</Tabs>\n\n"
+        "## After\n\nx\n"
+    )
+    assert [s.title for s in chapter_of(body).sections] == ["T", "After"]
+
+
 def test_chapter_markdown_keeps_jsx_and_admonitions_for_rewriting() -> None:
     body = '# T\n\n<Tabs>\n<TabItem value="a">\n\nA\n\n</TabItem>\n</Tabs>\n\n:::tip\nx\n:::\n'
     assert chapter_of(body).markdown == body
