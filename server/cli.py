@@ -41,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands.add_parser("migrate", help="apply database migrations")
 
+    evaluate = commands.add_parser("eval-retrieval", help="score retrieval on an evaluation set")
+    evaluate.add_argument("--set", type=Path, default=Path("eval/retrieval.jsonl"), dest="eval_set")
+    evaluate.add_argument("--corpora", type=Path, default=Path("../shared/corpora"))
+    evaluate.add_argument("--k", type=int, default=6, help="passages sent as sources (default 6)")
+    evaluate.add_argument("--misses", action="store_true", help="list the items that missed")
+
     token = commands.add_parser("token", help="print an HS256 token for a user")
     token.add_argument("--sub", required=True, help="user id")
     token.add_argument(
@@ -60,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(_ingest(settings, args.path, args.base_url, args.recreate))
         if args.command == "migrate":
             return _run(_migrate(settings))
+        if args.command == "eval-retrieval":
+            return _run(_evaluate(settings, args.eval_set, args.corpora, args.k, args.misses))
         return _token(settings, args.sub, args.ttl)
     except ConfigError as exc:
         print(f"textbook-chat: configuration error: {exc}", file=sys.stderr)
@@ -85,7 +93,9 @@ async def _serve(settings: Settings, host: str, port: int) -> int:
 
     services = await Services.start(settings, loopback=is_loopback_host(host))
     if not settings.auth_configured:
-        log.info("dev mode (no JWT_SECRET/JWKS_URL): get a token with `textbook-chat token --sub YOU`")
+        log.info(
+            "dev mode (no JWT_SECRET/JWKS_URL): get a token with `textbook-chat token --sub YOU`"
+        )
 
     try:
         config = uvicorn.Config(
@@ -144,7 +154,26 @@ async def _ingest(settings: Settings, path: Path, base_url: str, recreate: bool)
     return 0
 
 
+async def _evaluate(
+    settings: Settings, eval_set: Path, corpora: Path, k: int, show_misses: bool
+) -> int:
+    from server.embeddings import LocalEmbedder
+    from server.evaluation import CachedEmbedder, evaluate, load_items, misses, report
+
+    items = await asyncio.to_thread(load_items, eval_set)
+    embedder = CachedEmbedder(LocalEmbedder(), settings.data_dir / "eval-embeddings.npz")
+    try:
+        outcomes = await evaluate(items, corpora, embedder, k=k)
+    finally:
+        await embedder.aclose()
+    print(report(outcomes, k))
+    if show_misses:
+        print(misses(outcomes))
+    return 0
+
+
 async def _migrate(settings: Settings) -> int:
+
     from server.services import connect_store
 
     async with contextlib.AsyncExitStack() as stack:

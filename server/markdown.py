@@ -298,8 +298,15 @@ def load_book(root: Path, base_url: str = "/docs") -> list[Chapter]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise BookError(f"cannot read doc {path}: {exc}") from exc
+        meta = _split_front_matter(text)[0]
+        if meta.get("draft", "").lower() == "true":
+            continue  # Docusaurus leaves drafts out of the published site
         chapters[rel] = parse_chapter(text, rel, base_url)
-        position = sidebar_number(_split_front_matter(text)[0].get("sidebar_position"))
-        places[rel] = DocPlace(chapters[rel].doc_id, position)
+        places[rel] = DocPlace(chapters[rel].doc_id, sidebar_number(meta.get("sidebar_position")))
+    seen: dict[str, str] = {}
+    for rel, chapter in chapters.items():
+        if chapter.id in seen:
+            raise BookError(f"docs {seen[chapter.id]} and {rel} both have the id {chapter.id!r}")
+        seen[chapter.id] = rel
     order = reading_order(root, places)
     return [msgspec.structs.replace(chapters[rel], position=n) for n, rel in enumerate(order)]

@@ -9,6 +9,8 @@ from typing import Any
 from server.embeddings import Embedder
 from server.vectorstore import Bm25Encoder, Hit, VectorStore
 
+CANDIDATES_PER_PASSAGE = 4  # index points fetched per passage returned, before folding to chunks
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Passage:
@@ -47,17 +49,25 @@ class Retriever:
             dense=dense,
             sparse_indices=indices,
             sparse_values=values,
-            limit=limit,
+            limit=limit * CANDIDATES_PER_PASSAGE,
             chapter_id=chapter_id,
         )
-        return [_passage(h) for h in hits]
+        # Windows and whole chunks both point at chunks: keep each chunk once, at its best rank.
+        passages: dict[str, Passage] = {}
+        for hit in hits:
+            chunk_id = str(hit.payload.get("chunk_id", hit.id))
+            if chunk_id not in passages:
+                passages[chunk_id] = _passage(chunk_id, hit)
+                if len(passages) == limit:
+                    break
+        return list(passages.values())
 
 
-def _passage(hit: Hit) -> Passage:
+def _passage(chunk_id: str, hit: Hit) -> Passage:
     p: dict[str, Any] = hit.payload
     section = p.get("section_title") or None
     return Passage(
-        chunk_id=hit.id,
+        chunk_id=chunk_id,
         chapter_id=str(p.get("chapter_id", "")),
         title=str(p.get("title", "")),
         section=str(section) if section and section != p.get("title") else None,

@@ -20,10 +20,21 @@ from server.pg import pgdata_dir
 from tests.chat_client import connect, deltas
 from tests.conftest import free_port
 
-CONFIG_VARIABLES = (
-    "DATABASE_URL QDRANT_URL QDRANT_API_KEY OPENAI_API_KEY OPENAI_BASE_URL CHAT_MODEL EMBEDDING_PROVIDER "
-    "JWT_SECRET JWKS_URL JWT_ISSUER JWT_AUDIENCE ALLOWED_ORIGINS BOOK_DIR"
-).split()
+CONFIG_VARIABLES = [
+    "DATABASE_URL",
+    "QDRANT_URL",
+    "QDRANT_API_KEY",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "CHAT_MODEL",
+    "EMBEDDING_PROVIDER",
+    "JWT_SECRET",
+    "JWKS_URL",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "ALLOWED_ORIGINS",
+    "BOOK_DIR",
+]
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -61,19 +72,23 @@ async def serving(
         async with httpx.AsyncClient() as http:
             for _ in range(900):
                 if proc.returncode is not None:
-                    raise AssertionError(f"serve exited early:\n{log.read_text()[-3000:]}")
+                    raise AssertionError(f"serve exited early:\n{_tail(log)}")
                 try:
                     if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
                         break
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
             else:
-                raise AssertionError(f"serve did not start:\n{log.read_text()[-3000:]}")
+                raise AssertionError(f"serve did not start:\n{_tail(log)}")
         yield proc, port
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _tail(log: Path) -> str:
+    return log.read_text()[-3000:]
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
@@ -135,4 +150,4 @@ async def test_serve_answers_on_embedded_defaults_and_stops_its_postgres(
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
     assert _postmaster_pid(pgdata) is None
-    assert "configuration error" not in log.read_text()
+    assert "configuration error" not in _tail(log)

@@ -534,6 +534,15 @@ def test_load_book_rejects_unreadable_files(tmp_path: Path) -> None:
         load_book(tmp_path / "missing")
 
 
+def test_load_book_rejects_duplicate_ids_and_skips_drafts(tmp_path: Path) -> None:
+    write(tmp_path / "a.md", "---\ndraft: true\n---\n# Not published\n")
+    write(tmp_path / "b.md", "# Published\n")
+    assert [c.title for c in load_book(tmp_path)] == ["Published"]
+    write(tmp_path / "c.md", "---\nid: b\n---\n# Clash\n")
+    with pytest.raises(BookError, match="both have the id 'b'"):
+        load_book(tmp_path)
+
+
 def test_load_book_rejects_broken_category_file(tmp_path: Path) -> None:
     write(tmp_path / "sub" / "doc.md", "# Doc\n")
     write(tmp_path / "sub" / "_category_.json", "{not json")
