@@ -195,6 +195,10 @@ async def _ping_model(client: openai.AsyncOpenAI) -> None:
 def open_vector_store(settings: Settings) -> VectorStore:
     """The embedded Qdrant engine under DATA_DIR, or a Qdrant server when QDRANT_URL is set."""
     if settings.qdrant_url:
-        client = AsyncQdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+        # The compatibility probe runs in a thread at construction and warns if the server is down;
+        # `open` checks the collection itself.
+        client = AsyncQdrantClient(
+            url=settings.qdrant_url, api_key=settings.qdrant_api_key, check_compatibility=False
+        )
         return QdrantServerStore(client, settings.qdrant_collection)
     return EdgeVectorStore(settings.data_dir / "qdrant")

@@ -10,12 +10,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import websockets
+from qdrant_client import AsyncQdrantClient
 
 from server.fake_llm import FakeLLM, FakeLLMConfig
 from server.llm import EXTRACTIVE_NOTICE, ExtractiveModel
+from server.retrieval import Retriever
 from server.services import Services
+from server.store import Store
+from server.vectorstore import QdrantServerStore
 from tests.chat_client import connect, deltas
-from tests.conftest import LiveServer, token_for
+from tests.conftest import LiveServer, free_port, token_for
 
 
 @pytest.fixture
@@ -351,3 +355,75 @@ async def test_auth_timeout_closes_4408(services: Services) -> None:
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4408
+
+
+async def test_model_breaking_mid_stream_keeps_the_partial_answer(
+    live: LiveServer, fake_llm: FakeLLM
+) -> None:
+    saved_config = fake_llm.config
+    fake_llm.config = FakeLLMConfig(tokens_per_answer=50, break_after_tokens=5)
+    try:
+        async with connect(live.ws_url, token_for("pat")) as chat:
+            frames = await chat.ask("b", "What is a humanoid?")
+    finally:
+        fake_llm.config = saved_config
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "upstream_unavailable"
+    assert frames[-1]["retryable"] is True
+    partial = deltas(frames)
+    assert partial
+    saved = await live.services.store.list_messages("pat", frames[0]["conversation_id"])
+    assert saved[0]["status"] == "failed" and saved[0]["answer"] == partial
+
+
+async def test_vector_store_down_is_retrieval_unavailable(services: Services) -> None:
+    unreachable = QdrantServerStore(
+        AsyncQdrantClient(
+            url=f"http://127.0.0.1:{free_port()}", timeout=1, check_compatibility=False
+        )
+    )
+    broken = dataclasses.replace(
+        services,
+        vectors=unreachable,
+        retriever=Retriever(services.embedder, unreachable, services.bm25),
+    )
+    try:
+        async with LiveServer(broken) as server:
+            async with connect(server.ws_url, token_for("quinn")) as chat:
+                frames = await chat.ask("r", "What is a humanoid?")
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                ready = await http.get("/readyz")
+    finally:
+        await unreachable.aclose()
+    assert frames == [
+        {
+            "type": "error",
+            "id": "r",
+            "seq": 1,
+            "code": "retrieval_unavailable",
+            "message": frames[0]["message"],
+            "retryable": True,
+        }
+    ]
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["vector_store"] != "ok"
+    assert ready.json()["checks"]["database"] == "ok"
+
+
+async def test_database_down_is_database_unavailable(services: Services, database_url: str) -> None:
+    store = await Store.connect(database_url)
+    await store.close()  # a pool that can no longer reach the database
+    broken = dataclasses.replace(services, store=store)
+    async with LiveServer(broken) as server:
+        async with connect(server.ws_url, token_for("ray")) as chat:
+            frames = await chat.ask("d", "What is a humanoid?")
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            ready = await http.get("/readyz")
+            history = await http.get(
+                "/v1/conversations", headers={"Authorization": f"Bearer {token_for('ray')}"}
+            )
+    assert frames[-1]["code"] == "database_unavailable" and frames[-1]["retryable"] is True
+    assert (
+        "Traceback" not in frames[-1]["message"] and "postgres" not in frames[-1]["message"].lower()
+    )
+    assert ready.status_code == 503 and ready.json()["checks"]["database"] != "ok"
+    assert history.status_code == 503 and history.json()["error"]["code"] == "database_unavailable"
