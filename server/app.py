@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -14,8 +15,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from protocol import codec
+from protocol.profile import Profile
 from server.auth import Identity
-from server.errors import HTTP_STATUS, ChatError, Unauthorized
+from server.errors import HTTP_STATUS, ChatError, InvalidMessage, NotFound, Unauthorized
+from server.profiles import reader_profile
 from server.services import Services
 from server.session import Connection
 from server.settings import Settings
@@ -28,10 +31,13 @@ def _services(request: Request | WebSocket) -> Services:
     return services
 
 
+def _error_body(exc: ChatError) -> dict[str, Any]:
+    return {"error": {"code": exc.code.value, "message": exc.message, "retryable": exc.retryable}}
+
+
 def _error(exc: ChatError) -> JSONResponse:
-    body = {"error": {"code": exc.code.value, "message": exc.message, "retryable": exc.retryable}}
     headers = {"WWW-Authenticate": "Bearer"} if HTTP_STATUS[exc.code] == 401 else None
-    return JSONResponse(body, status_code=HTTP_STATUS[exc.code], headers=headers)
+    return JSONResponse(_error_body(exc), status_code=HTTP_STATUS[exc.code], headers=headers)
 
 
 async def _bearer(request: Request) -> Identity:
@@ -87,6 +93,35 @@ async def conversation_messages(request: Request) -> Response:
     return JSONResponse({"messages": items})
 
 
+MAX_PROFILE_BYTES = 16_384
+_profile_decoder = msgspec.json.Decoder(Profile)
+
+
+async def profile(request: Request) -> Response:
+    """GET: the reader's profile (saved, else from token claims). PUT: save it."""
+    try:
+        identity = await _bearer(request)
+        store = _services(request).store
+        if request.method == "GET":
+            found = await reader_profile(store, identity.user_id, identity.claims)
+            if found is None:
+                raise NotFound("no profile yet: PUT /v1/profile")
+            return Response(codec.encode(found), media_type="application/json")
+        body = await request.body()
+        if len(body) > MAX_PROFILE_BYTES:
+            return JSONResponse(
+                _error_body(InvalidMessage(f"profile larger than {MAX_PROFILE_BYTES} bytes")), 413
+            )
+        try:
+            new = _profile_decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise InvalidMessage(f"invalid profile: {exc}") from None
+        await store.put_profile(identity.user_id, new)
+    except ChatError as exc:
+        return _error(exc)
+    return Response(codec.encode(new), media_type="application/json")
+
+
 def create_app(
     settings: Settings,
     *,
@@ -115,6 +150,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/v1/protocol", protocol_schema),
+        Route("/v1/profile", profile, methods=["GET", "PUT"]),
         Route("/v1/conversations", conversations),
         Route("/v1/conversations/{id}/messages", conversation_messages),
     ]

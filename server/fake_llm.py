@@ -60,6 +60,7 @@ class FakeLLMConfig:
     embeddings_fail_status: int | None = None
     embedding_mode: Literal["hash", "words"] = "hash"  # "words": shared words → similar vectors
     model: str = "fake-model"
+    echo: bool = False  # answer with the last user message itself, whitespace and all
 
     def validate(self) -> None:
         """Raise ConfigError for values the server cannot honour."""
@@ -99,6 +100,8 @@ class StreamRecord:
 
 def reply_tokens(user_text: str, config: FakeLLMConfig) -> list[str]:
     """The content deltas the fake streams for a last user message (markers already removed)."""
+    if config.echo:
+        return re.findall(r"\s*\S+|\s+$", user_text)
     if config.reply is not None:
         return re.findall(r"\s*\S+\s*$|\s*\S+|\s+$", config.reply)
     words = itertools.chain(_LEAD_WORDS, itertools.cycle(user_text.split() or ["answer"]))

@@ -195,11 +195,10 @@ def parse_chapter(
     directory = posixpath.dirname(source_path)
     stem = posixpath.splitext(posixpath.basename(source_path))[0]
     front_id = meta.get("id", "").strip()
-    chapter_id = (
-        posixpath.join(directory, front_id) if front_id else posixpath.splitext(source_path)[0]
-    )
     stripped_dir = "/".join(strip_number_prefix(p)[0] for p in directory.split("/") if p)
+    # Docusaurus's own doc id: what the site's pages (and so the widget) know a chapter by.
     doc_id = posixpath.join(stripped_dir, front_id or strip_number_prefix(stem)[0])
+    chapter_id = doc_id
     parser, blocks = parse_blocks(markdown, front_matter=False)
     h1 = next(
         (

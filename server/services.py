@@ -13,6 +13,7 @@ import openai
 from qdrant_client import AsyncQdrantClient
 
 from server.auth import TokenVerifier, signing_secret
+from server.chapters import ChapterHub
 from server.embeddings import Embedder, make_embedder
 from server.errors import ChatError, ConfigError
 from server.ingest import ingest_book
@@ -77,6 +78,7 @@ class Services:
     http: httpx.AsyncClient
     llm_client: openai.AsyncOpenAI | None = None
     embedded_pg: EmbeddedPostgres | None = None
+    chapters: ChapterHub = dataclasses.field(default_factory=ChapterHub)
     _exit: contextlib.AsyncExitStack = dataclasses.field(default_factory=contextlib.AsyncExitStack)
 
     @classmethod
@@ -136,9 +138,15 @@ class Services:
                 llm_client=llm_client,
                 embedded_pg=embedded_pg,
             )
+            stack.push_async_callback(services.chapters.close)
             services._exit = stack.pop_all()
             return services
         raise AssertionError("unreachable")
+
+    @property
+    def generative_model(self) -> ChatModel | None:
+        """The configured model, or None when answers can only be extractive."""
+        return self.model if self.llm_client is not None else None
 
     async def close(self) -> None:
         """Close everything `start` opened, in reverse order."""

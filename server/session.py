@@ -31,6 +31,7 @@ from protocol.frames import (
 )
 from server.answer import AnswerRun
 from server.auth import Identity
+from server.chapters import ChapterRun
 from server.errors import (
     ChatError,
     DuplicateId,
@@ -38,7 +39,6 @@ from server.errors import (
     NotFound,
     TooManyStreams,
     Unauthorized,
-    UpstreamUnavailable,
 )
 from server.services import Services
 from server.stream import Stream
@@ -187,7 +187,7 @@ class Connection:
             case Ping():
                 await self._send(codec.encode(Pong(nonce=frame.nonce)))
             case Ask():
-                self._start_stream(frame.id, "answer", frame)
+                self._start_stream(frame)
             case Cancel():
                 stream = self.streams.get(frame.id)
                 if stream is None or stream.ended:
@@ -197,12 +197,7 @@ class Connection:
             case Auth():
                 await self._refresh(frame.token)
             case Chapter():
-                self._reject(
-                    UpstreamUnavailable(
-                        "chapter streams are not enabled on this server", retryable=False
-                    ),
-                    frame.id,
-                )
+                self._start_stream(frame)
             case Resume():
                 self._reject(NotFound(f"no stream {frame.id!r} to resume"), frame.id)
 
@@ -221,8 +216,9 @@ class Connection:
 
     # ---- streams -------------------------------------------------------------------------
 
-    def _start_stream(self, stream_id: str, kind: str, frame: Ask) -> None:
+    def _start_stream(self, frame: Ask | Chapter) -> None:
         assert self.identity is not None
+        stream_id = frame.id
         existing = self.streams.get(stream_id)
         if existing is not None and not existing.ended:
             self._reject(DuplicateId(f"stream {stream_id!r} is still running"), stream_id)
@@ -234,10 +230,18 @@ class Connection:
                 stream_id,
             )
             return
-        stream = Stream(stream_id, self.identity.user_id, kind)
+        work: AnswerRun | ChapterRun
+        if isinstance(frame, Ask):
+            work = AnswerRun(self.services, self.identity.user_id, frame)
+        else:
+            s = self.services
+            work = ChapterRun(s.store, s.generative_model, s.chapters, self.identity, frame)
+        stream = Stream(
+            stream_id, self.identity.user_id, "answer" if isinstance(frame, Ask) else "chapter"
+        )
         stream.sink = self._send
         self.streams[stream_id] = stream
-        stream.start(AnswerRun(self.services, self.identity.user_id, frame), self._forget)
+        stream.start(work, self._forget)
 
     def _forget(self, stream: Stream) -> None:
         if self.streams.get(stream.id) is stream:

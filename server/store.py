@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from protocol.profile import Profile
 from server.errors import DatabaseUnavailable, NotFound
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,16 @@ class Turn:
 
     question: str
     answer: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CachedChapter:
+    """A finished personalized or translated chapter."""
+
+    body: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
 
 
 @dataclasses.dataclass(slots=True)
@@ -318,6 +329,55 @@ class Store:
             item["finished_at"] = r["finished_at"].isoformat() if r["finished_at"] else None
             out.append(item)
         return out
+
+    # ---- profiles ----------------------------------------------------------------------
+
+    async def get_profile(self, user_id: str) -> Profile | None:
+        """The reader's saved profile, or None."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT software_background, hardware_background, level, language FROM profiles"
+                " WHERE user_id = $1",
+                user_id,
+            )
+        return Profile(**dict(row)) if row else None
+
+    async def put_profile(self, user_id: str, profile: Profile) -> None:
+        """Save (replace) the reader's profile."""
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO profiles (user_id, software_background, hardware_background, level, language)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET"
+                " software_background = $2, hardware_background = $3, level = $4, language = $5,"
+                " updated_at = now()",
+                user_id, profile.software_background, profile.hardware_background,
+                profile.level, profile.language,
+            )  # fmt: skip
+
+    # ---- chapter cache -----------------------------------------------------------------
+
+    async def get_cached_chapter(self, key: str) -> CachedChapter | None:
+        """A finished chapter rendering by cache key, or None."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT body, prompt_tokens, completion_tokens, finish_reason FROM chapter_cache WHERE key = $1",
+                key,
+            )
+        return CachedChapter(**dict(row)) if row else None
+
+    async def put_cached_chapter(
+        self, key: str, fields: dict[str, str], chapter: CachedChapter
+    ) -> None:
+        """Keep a finished rendering; `fields` are the parts of the key, for inspection and cleanup."""
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO chapter_cache (key, chapter_id, content_hash, mode, language, profile_hash,"
+                " model, body, prompt_tokens, completion_tokens, finish_reason)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (key) DO NOTHING",
+                key, fields["chapter_id"], fields["content_hash"], fields["mode"], fields["language"],
+                fields["profile_hash"], fields["model"], chapter.body, chapter.prompt_tokens,
+                chapter.completion_tokens, chapter.finish_reason,
+            )  # fmt: skip
 
 
 def _migration_files(directory: Path) -> list[tuple[int, Path]]:

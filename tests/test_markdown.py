@@ -87,7 +87,7 @@ def chunk_texts(body: str, **sizes: int) -> list[str]:
 
 def test_front_matter_id_title_slug_and_body() -> None:
     chapter = parse_chapter(SAMPLE, "02-robots/05-kinematics.mdx")
-    assert chapter.id == "02-robots/kinematics"
+    assert chapter.id == "robots/kinematics"
     assert chapter.doc_id == "robots/kinematics"
     assert chapter.title == "Forward Kinematics"
     assert chapter.url == "/docs/robots/fk-basics"
@@ -101,7 +101,7 @@ def test_front_matter_id_title_slug_and_body() -> None:
 
 def test_id_and_url_without_front_matter() -> None:
     chapter = parse_chapter("# Intro\n\nHello.\n", "01-module-one/02-first-steps.md")
-    assert chapter.id == "01-module-one/02-first-steps"
+    assert chapter.id == "module-one/first-steps"
     assert chapter.url == "/docs/module-one/first-steps"
     assert chapter.title == "Intro"
 
@@ -122,7 +122,7 @@ def test_url_rules_follow_docusaurus() -> None:
 def test_title_falls_back_to_file_name() -> None:
     chapter = parse_chapter("Only a paragraph.\n", "07-getting_started-fast.md")
     assert chapter.title == "Getting started fast"
-    assert [s.id for s in chapter.sections] == ["07-getting_started-fast#"]
+    assert [s.id for s in chapter.sections] == ["getting_started-fast#"]
 
 
 def test_rules_right_after_front_matter_are_not_front_matter() -> None:
@@ -145,19 +145,19 @@ def test_sections_paths_levels_and_anchors() -> None:
     got = [(s.id, s.level, s.heading_path, s.title) for s in chapter.sections]
     assert got == [
         (
-            "02-robots/kinematics#forward-kinematics",
+            "robots/kinematics#forward-kinematics",
             1,
             ["Forward Kinematics"],
             "Forward Kinematics",
         ),
-        ("02-robots/kinematics#setup-env", 2, ["Forward Kinematics", "Setup"], "Setup"),
+        ("robots/kinematics#setup-env", 2, ["Forward Kinematics", "Setup"], "Setup"),
         (
-            "02-robots/kinematics#installing-kinpy-on-linux",
+            "robots/kinematics#installing-kinpy-on-linux",
             3,
             ["Forward Kinematics", "Setup", "Installing kinpy on Linux"],
             "Installing kinpy on Linux",
         ),
-        ("02-robots/kinematics#setup", 2, ["Forward Kinematics", "Setup"], "Setup"),
+        ("robots/kinematics#setup", 2, ["Forward Kinematics", "Setup"], "Setup"),
     ]
     assert [s.position for s in chapter.sections] == [0, 1, 2, 3]
     assert "".join(s.markdown for s in chapter.sections) == chapter.markdown

@@ -1,0 +1,325 @@
+"""Chapter streams: a chapter personalized or translated, its sections generated concurrently
+and streamed strictly in order, cached when finished, and shared by identical requests."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from protocol.frames import Chapter as ChapterFrame
+from protocol.frames import Delta, Done, Error, Start, Timings, Usage
+from protocol.profile import Profile
+from server.auth import Identity
+from server.errors import ChatError, InternalError, InvalidMessage, NotFound, UpstreamUnavailable
+from server.llm import ChatModel, Generation
+from server.profiles import reader_profile
+from server.rewrite import (
+    Section,
+    direction,
+    first_placeholders,
+    personalize_prompt,
+    profile_fingerprint,
+    restore_code,
+    split_chapter,
+    translate_prompt,
+)
+from server.store import CachedChapter, ChapterRow, Store
+from server.stream import Stream
+
+log = logging.getLogger(__name__)
+
+SECTION_CONCURRENCY = 4
+CACHE_DELTA_CHARS = 2048
+
+
+class ChapterJob:
+    """One generation of a chapter, shared by every stream that asked for the same thing."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.pieces: list[str] = []
+        self.finished = False
+        self.error: ChatError | None = None
+        self.usage = Generation(prompt_tokens=0, completion_tokens=0)
+        self.subscribers = 0
+        self.task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    def publish(self, piece: str) -> None:
+        """Append generated text and wake the readers."""
+        self.pieces.append(piece)
+        self._wake()
+
+    def finish(self, error: ChatError | None = None) -> None:
+        """Mark the job done (or failed) and wake the readers."""
+        self.finished = True
+        self.error = error
+        self._wake()
+
+    async def changed(self) -> None:
+        """Wait until something is published or the job ends."""
+        await self._changed.wait()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+class ChapterHub:
+    """Running chapter jobs by cache key: concurrent identical requests generate once."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, ChapterJob] = {}
+
+    def join(
+        self, key: str, generate: Callable[[ChapterJob], Coroutine[Any, Any, None]]
+    ) -> ChapterJob:
+        """The running job for `key`, started with `generate` if there is none."""
+        job = self._jobs.get(key)
+        if job is None:
+            job = ChapterJob(key)
+            self._jobs[key] = job
+            job.task = asyncio.create_task(self._run(job, generate), name=f"chapter:{key[:12]}")
+        job.subscribers += 1
+        return job
+
+    def leave(self, job: ChapterJob) -> None:
+        """A stream stopped reading; the last one to leave stops the generation."""
+        job.subscribers -= 1
+        if job.subscribers <= 0 and job.task is not None and not job.task.done():
+            job.task.cancel()
+
+    async def _run(
+        self, job: ChapterJob, generate: Callable[[ChapterJob], Coroutine[Any, Any, None]]
+    ) -> None:
+        try:
+            await generate(job)
+            job.finish()
+        except asyncio.CancelledError:
+            job.finish(UpstreamUnavailable("the chapter generation was stopped"))
+        except ChatError as exc:
+            job.finish(exc)
+        except Exception:
+            log.exception("chapter job failed")
+            job.finish(InternalError("internal error"))
+        finally:
+            if self._jobs.get(job.key) is job:
+                del self._jobs[job.key]
+
+    async def close(self) -> None:
+        """Stop every running job."""
+        tasks = [j.task for j in self._jobs.values() if j.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChapterRequest:
+    """Everything that decides a chapter's text, and so its cache key."""
+
+    chapter: ChapterRow
+    mode: str
+    language: str
+    profile: Profile | None
+    model: str
+
+    def key_fields(self) -> dict[str, str]:
+        return {
+            "chapter_id": self.chapter.id,
+            "content_hash": self.chapter.content_hash,
+            "mode": self.mode,
+            "language": self.language,
+            "profile_hash": profile_fingerprint(self.profile) if self.mode == "personalize" else "",
+            "model": self.model,
+        }
+
+    def key(self) -> str:
+        return hashlib.sha256("\0".join(self.key_fields().values()).encode()).hexdigest()
+
+
+async def generate_sections(
+    sections: list[Section],
+    prompts: list[Any],
+    model: ChatModel,
+    publish: Callable[[str], None],
+    usage: Generation,
+    concurrency: int = SECTION_CONCURRENCY,
+) -> None:
+    """Run the sections' completions concurrently (bounded) and publish their text in order."""
+    slots = asyncio.Semaphore(concurrency)
+    outputs: list[asyncio.Queue[str | None]] = [asyncio.Queue() for _ in sections]
+    firsts = first_placeholders(sections)
+
+    async def run(i: int) -> None:
+        generation = Generation()
+        async with slots:
+            async for piece in restore_code(
+                model.stream(prompts[i], generation), sections[i], firsts[i]
+            ):
+                outputs[i].put_nowait(piece)
+        usage.prompt_tokens = (usage.prompt_tokens or 0) + (generation.prompt_tokens or 0)
+        usage.completion_tokens = (usage.completion_tokens or 0) + (
+            generation.completion_tokens or 0
+        )
+        if generation.finish_reason == "length":
+            usage.finish_reason = "length"
+        outputs[i].put_nowait(None)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for i in range(len(sections)):
+                group.create_task(run(i))
+            for i, queue in enumerate(outputs):
+                tail = ""
+                while (piece := await queue.get()) is not None:
+                    publish(piece)
+                    tail = piece
+                if i + 1 < len(sections) and not tail.endswith("\n\n"):
+                    publish("\n" if tail.endswith("\n") else "\n\n")  # each section ends a block
+    except* ChatError as group:
+        raise group.exceptions[0] from None
+
+
+class ChapterRun:
+    """One `chapter` stream: from the cache, from a running identical job, or a new job."""
+
+    def __init__(
+        self,
+        store: Store,
+        model: ChatModel | None,
+        hub: ChapterHub,
+        identity: Identity,
+        frame: ChapterFrame,
+    ) -> None:
+        self.store = store
+        self.model = model
+        self.hub = hub
+        self.identity = identity
+        self.frame = frame
+        self.first_token_ms: float | None = None
+
+    async def __call__(self, stream: Stream) -> None:
+        try:
+            await self._run(stream)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await stream.emit(Done, finish_reason="cancelled", timings=self._timings(stream))
+        except ChatError as exc:
+            await stream.emit(Error, code=exc.code, message=exc.message, retryable=exc.retryable)
+        except Exception:
+            log.exception("chapter stream %s failed", stream.id)
+            await stream.emit(
+                Error, code=InternalError.code, message="internal error", retryable=False
+            )
+
+    async def _run(self, stream: Stream) -> None:
+        request = await self._request()
+        language = request.language if request.mode == "translate" else None
+        await stream.emit(
+            Start, message_id=str(uuid.uuid4()), direction=direction(language or "en")
+        )
+        key = request.key()
+        cached = await self.store.get_cached_chapter(key)
+        if cached is not None:
+            for i in range(0, len(cached.body), CACHE_DELTA_CHARS):
+                await self._delta(stream, cached.body[i : i + CACHE_DELTA_CHARS])
+            usage = Usage(
+                prompt_tokens=cached.prompt_tokens, completion_tokens=cached.completion_tokens
+            )
+            await stream.emit(
+                Done,
+                finish_reason=cached.finish_reason,
+                usage=usage,
+                timings=self._timings(stream),
+                cached=True,
+            )
+            return
+        job = self.hub.join(key, lambda job: self._generate(job, request, key))
+        try:
+            sent = 0
+            while True:
+                if sent < len(job.pieces):
+                    text = "".join(job.pieces[sent:])
+                    sent = len(job.pieces)
+                    await self._delta(stream, text)
+                    continue
+                if job.finished:
+                    break
+                await job.changed()
+        finally:
+            self.hub.leave(job)
+        if job.error is not None:
+            raise job.error
+        g = job.usage
+        usage = Usage(
+            prompt_tokens=g.prompt_tokens or 0, completion_tokens=g.completion_tokens or 0
+        )
+        await stream.emit(
+            Done,
+            finish_reason=g.finish_reason,
+            usage=usage,
+            timings=self._timings(stream),
+            cached=False,
+        )
+
+    async def _request(self) -> ChapterRequest:
+        frame = self.frame
+        if self.model is None:
+            raise UpstreamUnavailable(
+                "chapter personalization and translation need a language model: configure OPENAI_API_KEY or OPENAI_BASE_URL",
+                retryable=False,
+            )
+        if frame.mode == "translate" and not frame.language:
+            raise InvalidMessage("`language` is required for mode translate (e.g. 'ur')")
+        chapter = await self.store.get_chapter(frame.chapter)
+        if chapter is None:
+            raise NotFound(f"no chapter {frame.chapter!r}")
+        profile = None
+        if frame.mode == "personalize":
+            profile = await reader_profile(self.store, self.identity.user_id, self.identity.claims)
+            if profile is None:
+                raise NotFound(
+                    "a reader profile is needed to personalize a chapter: PUT /v1/profile first"
+                )
+        language = (frame.language or "").lower() if frame.mode == "translate" else ""
+        return ChapterRequest(chapter, frame.mode, language, profile, self.model.name)
+
+    async def _generate(self, job: ChapterJob, request: ChapterRequest, key: str) -> None:
+        assert self.model is not None
+        sections = split_chapter(request.chapter.markdown)
+        if request.mode == "personalize":
+            assert request.profile is not None
+            prompts = [personalize_prompt(s, request.profile) for s in sections]
+        else:
+            prompts = [translate_prompt(s, request.language) for s in sections]
+        await generate_sections(sections, prompts, self.model, job.publish, job.usage)
+        g = job.usage
+        body = CachedChapter(
+            "".join(job.pieces), g.prompt_tokens or 0, g.completion_tokens or 0, g.finish_reason
+        )
+        try:
+            await self.store.put_cached_chapter(key, request.key_fields(), body)
+        except ChatError:
+            log.warning("could not cache chapter %s", request.chapter.id)
+
+    async def _delta(self, stream: Stream, text: str) -> None:
+        if self.first_token_ms is None:
+            self.first_token_ms = stream.elapsed_ms()
+        await stream.emit(Delta, text=text)
+
+    def _timings(self, stream: Stream) -> Timings:
+        total = round(stream.elapsed_ms(), 2)
+        return Timings(
+            first_token_ms=round(self.first_token_ms, 2)
+            if self.first_token_ms is not None
+            else total,
+            total_ms=total,
+        )
