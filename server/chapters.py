@@ -33,7 +33,7 @@ from server.stream import Stream
 
 log = logging.getLogger(__name__)
 
-SECTION_CONCURRENCY = 4
+SECTION_CONCURRENCY = 6
 CACHE_DELTA_CHARS = 2048
 
 

@@ -17,7 +17,7 @@ from server.markdown import split_sections_for_rewrite
 from server.markdown_syntax import FENCE_OPEN, BlockParser, split_lines
 from server.prompt import Prompt
 
-SECTION_CHARS = 3000
+SECTION_CHARS = 1500
 RTL_LANGUAGES = frozenset(
     {"ar", "arc", "ckb", "dv", "fa", "he", "iw", "ks", "ps", "sd", "ug", "ur", "yi"}
 )
