@@ -190,6 +190,7 @@ class Error(_Frame, frozen=True, tag="error"):
     retryable: bool
     id: str | None = None
     seq: int | None = None
+    retry_after: float | None = None  # seconds, for rate_limited
 
 
 class Pong(_Frame, frozen=True, tag="pong"):

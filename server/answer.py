@@ -39,7 +39,7 @@ class AnswerRun:
             await self._answer(stream)
         except asyncio.CancelledError:
             _uncancel()
-            await self._end(stream, "cancelled", None)
+            await self._end(stream, "interrupted" if stream.interrupted else "cancelled", None)
         except ChatError as exc:
             await self._end(stream, "failed", exc)
         except Exception:
@@ -49,6 +49,7 @@ class AnswerRun:
     async def _answer(self, stream: Stream) -> None:
         s = self.services
         ask = self.ask
+        await s.limiter.admit(self.user_id)
         selection = ask.selection.text if ask.selection else None
         chapter_id = ask.chapter or (ask.selection.chapter if ask.selection else None)
         if ask.chapter and not await s.catalog.exists(ask.chapter):
@@ -88,8 +89,8 @@ class AnswerRun:
             chapter_id=chapter_id,
             model=s.model.name,
         )
-        await stream.emit(Start, message_id=self.message_id, conversation_id=conversation_id)
-        await stream.emit(Sources, sources=[_source(p) for p in passages])
+        stream.emit(Start, message_id=self.message_id, conversation_id=conversation_id)
+        stream.emit(Sources, sources=[_source(p) for p in passages])
         prompt = build_prompt(
             ask.question,
             [PromptSource(p.title, p.section, p.url, p.text) for p in passages],
@@ -101,7 +102,7 @@ class AnswerRun:
             if self.first_token_ms is None:
                 self.first_token_ms = stream.elapsed_ms()
             self.pieces.append(text)
-            await stream.emit(Delta, text=text)
+            stream.emit(Delta, text=text)
         await self._end(stream, "complete", None)
 
     async def _end(self, stream: Stream, status: str, error: ChatError | None) -> None:
@@ -122,12 +123,10 @@ class AnswerRun:
         if self.message_id is not None:
             await self._persist(status, error, timings)
         if error is not None:
-            await stream.emit(
-                Error, code=error.code, message=error.message, retryable=error.retryable
-            )
+            stream.emit(Error, code=error.code, message=error.message, retryable=error.retryable)
         else:
-            reason = "cancelled" if status == "cancelled" else g.finish_reason
-            await stream.emit(Done, finish_reason=reason, timings=timings, usage=usage)
+            reason = "cancelled" if status in ("cancelled", "interrupted") else g.finish_reason
+            stream.emit(Done, finish_reason=reason, timings=timings, usage=usage)
 
     async def _persist(self, status: str, error: ChatError | None, timings: Timings) -> None:
         assert self.message_id is not None
@@ -143,6 +142,7 @@ class AnswerRun:
             await self.services.store.finish_message(
                 self.message_id, [_source_dict(p) for p in self.passages], outcome
             )
+            await self.services.limiter.record(self.user_id, self.generation.completion_tokens)
         except ChatError:
             log.warning("could not save message %s (%s)", self.message_id, status)
 

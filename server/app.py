@@ -142,6 +142,7 @@ def create_app(
         try:
             yield {}
         finally:
+            await app.state.services.stop_sessions()
             if owned:
                 await app.state.services.close()
 

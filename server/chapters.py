@@ -16,6 +16,7 @@ from protocol.frames import Delta, Done, Error, Start, Timings, Usage
 from protocol.profile import Profile
 from server.auth import Identity
 from server.errors import ChatError, InternalError, InvalidMessage, NotFound, UpstreamUnavailable
+from server.limits import RateLimiter
 from server.llm import ChatModel, Generation
 from server.profiles import reader_profile
 from server.rewrite import (
@@ -194,12 +195,14 @@ class ChapterRun:
         store: Store,
         model: ChatModel | None,
         hub: ChapterHub,
+        limiter: RateLimiter,
         identity: Identity,
         frame: ChapterFrame,
     ) -> None:
         self.store = store
         self.model = model
         self.hub = hub
+        self.limiter = limiter
         self.identity = identity
         self.frame = frame
         self.first_token_ms: float | None = None
@@ -211,30 +214,27 @@ class ChapterRun:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            await stream.emit(Done, finish_reason="cancelled", timings=self._timings(stream))
+            stream.emit(Done, finish_reason="cancelled", timings=self._timings(stream))
         except ChatError as exc:
-            await stream.emit(Error, code=exc.code, message=exc.message, retryable=exc.retryable)
+            stream.emit(Error, code=exc.code, message=exc.message, retryable=exc.retryable)
         except Exception:
             log.exception("chapter stream %s failed", stream.id)
-            await stream.emit(
-                Error, code=InternalError.code, message="internal error", retryable=False
-            )
+            stream.emit(Error, code=InternalError.code, message="internal error", retryable=False)
 
     async def _run(self, stream: Stream) -> None:
+        await self.limiter.admit(self.identity.user_id)
         request = await self._request()
         language = request.language if request.mode == "translate" else None
-        await stream.emit(
-            Start, message_id=str(uuid.uuid4()), direction=direction(language or "en")
-        )
+        stream.emit(Start, message_id=str(uuid.uuid4()), direction=direction(language or "en"))
         key = request.key()
         cached = await self.store.get_cached_chapter(key)
         if cached is not None:
             for i in range(0, len(cached.body), CACHE_DELTA_CHARS):
-                await self._delta(stream, cached.body[i : i + CACHE_DELTA_CHARS])
+                self._delta(stream, cached.body[i : i + CACHE_DELTA_CHARS])
             usage = Usage(
                 prompt_tokens=cached.prompt_tokens, completion_tokens=cached.completion_tokens
             )
-            await stream.emit(
+            stream.emit(
                 Done,
                 finish_reason=cached.finish_reason,
                 usage=usage,
@@ -249,7 +249,7 @@ class ChapterRun:
                 if sent < len(job.pieces):
                     text = "".join(job.pieces[sent:])
                     sent = len(job.pieces)
-                    await self._delta(stream, text)
+                    self._delta(stream, text)
                     continue
                 if job.finished:
                     break
@@ -262,7 +262,7 @@ class ChapterRun:
         usage = Usage(
             prompt_tokens=g.prompt_tokens or 0, completion_tokens=g.completion_tokens or 0
         )
-        await stream.emit(
+        stream.emit(
             Done,
             finish_reason=g.finish_reason,
             usage=usage,
@@ -293,6 +293,12 @@ class ChapterRun:
         return ChapterRequest(chapter, frame.mode, language, profile, self.model.name)
 
     async def _generate(self, job: ChapterJob, request: ChapterRequest, key: str) -> None:
+        try:
+            await self._generate_sections(job, request, key)
+        finally:
+            await self.limiter.record(self.identity.user_id, job.usage.completion_tokens)
+
+    async def _generate_sections(self, job: ChapterJob, request: ChapterRequest, key: str) -> None:
         assert self.model is not None
         sections = split_chapter(request.chapter.markdown)
         if request.mode == "personalize":
@@ -310,10 +316,10 @@ class ChapterRun:
         except ChatError:
             log.warning("could not cache chapter %s", request.chapter.id)
 
-    async def _delta(self, stream: Stream, text: str) -> None:
+    def _delta(self, stream: Stream, text: str) -> None:
         if self.first_token_ms is None:
             self.first_token_ms = stream.elapsed_ms()
-        await stream.emit(Delta, text=text)
+        stream.emit(Delta, text=text)
 
     def _timings(self, stream: Stream) -> Timings:
         total = round(stream.elapsed_ms(), 2)

@@ -85,29 +85,18 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 async def _serve(settings: Settings, host: str, port: int) -> int:
-    import uvicorn
-
     from server.app import create_app
+    from server.serve import make_server
     from server.services import Services
-    from server.session import MAX_FRAME_BYTES
 
     services = await Services.start(settings, loopback=is_loopback_host(host))
     if not settings.auth_configured:
         log.info(
             "dev mode (no JWT_SECRET/JWKS_URL): get a token with `textbook-chat token --sub YOU`"
         )
-
     try:
-        config = uvicorn.Config(
-            create_app(settings, services=services, close_services=True),
-            host=host,
-            port=port,
-            ws_max_size=MAX_FRAME_BYTES,
-            ws_per_message_deflate=False,
-            log_level=settings.log_level.lower(),
-            lifespan="on",
-        )
-        await uvicorn.Server(config).serve()
+        app = create_app(settings, services=services, close_services=True)
+        await make_server(app, services, host, port).serve()
     except BaseException:
         await services.close()  # the lifespan may never have run (e.g. the port was taken)
         raise

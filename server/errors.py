@@ -58,6 +58,10 @@ class RateLimited(PeerError):
     code = ErrorCode.RATE_LIMITED
     retryable = True
 
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 class ServiceError(ChatError):
     """A dependency failed; not the client's fault."""

@@ -17,8 +17,11 @@ from server.chapters import ChapterHub
 from server.embeddings import Embedder, make_embedder
 from server.errors import ChatError, ConfigError
 from server.ingest import ingest_book
+from server.journal import FrameJournal
+from server.limits import RateLimiter
 from server.llm import ChatModel, ExtractiveModel, OpenAIChatModel
 from server.pg import EmbeddedPostgres
+from server.registry import StreamRegistry
 from server.retrieval import Retriever
 from server.settings import Settings
 from server.store import Store
@@ -78,7 +81,10 @@ class Services:
     http: httpx.AsyncClient
     llm_client: openai.AsyncOpenAI | None = None
     embedded_pg: EmbeddedPostgres | None = None
-    chapters: ChapterHub = dataclasses.field(default_factory=ChapterHub)
+    chapters: ChapterHub = dataclasses.field(init=False)
+    registry: StreamRegistry = dataclasses.field(init=False)
+    journal: FrameJournal = dataclasses.field(init=False)
+    limiter: RateLimiter = dataclasses.field(init=False)
     _exit: contextlib.AsyncExitStack = dataclasses.field(default_factory=contextlib.AsyncExitStack)
 
     @classmethod
@@ -138,10 +144,24 @@ class Services:
                 llm_client=llm_client,
                 embedded_pg=embedded_pg,
             )
-            stack.push_async_callback(services.chapters.close)
+            stack.push_async_callback(services.stop_sessions)
             services._exit = stack.pop_all()
             return services
         raise AssertionError("unreachable")
+
+    def __post_init__(self) -> None:
+        # Per-process session state; a copy made with dataclasses.replace gets its own.
+        s = self.settings
+        self.chapters = ChapterHub()
+        self.registry = StreamRegistry(grace_s=s.resume_grace_s, retention_s=s.resume_retention_s)
+        self.journal = FrameJournal(self.store, retention_s=s.resume_retention_s)
+        self.limiter = RateLimiter(self.store, s)
+
+    async def stop_sessions(self) -> None:
+        """End every stream (saved as interrupted) and persist every frame; idempotent."""
+        await self.registry.close()
+        await self.chapters.close()
+        await self.journal.close()
 
     @property
     def generative_model(self) -> ChatModel | None:

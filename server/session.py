@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -37,53 +36,51 @@ from server.errors import (
     DuplicateId,
     InvalidMessage,
     NotFound,
+    RateLimited,
+    TokenExpired,
     TooManyStreams,
     Unauthorized,
+    UpstreamUnavailable,
 )
+from server.replay import StoredStream
 from server.services import Services
 from server.stream import Stream
 
 log = logging.getLogger(__name__)
 
-OUTBOX_FRAMES = 256
 MAX_FRAME_BYTES = 131_072
 ABUSE_WINDOW_S = 10.0
 ABUSE_LIMIT = 50  # invalid frames per window before 1008
-STREAM_DRAIN_S = 2.0
-
-
-class _Close:
-    """Outbox sentinel: close the socket with this code after what was queued before it."""
-
-    def __init__(self, code: int, reason: str = "") -> None:
-        self.code = code
-        self.reason = reason
+CONTROL_FRAMES = 64  # queued pongs and errors before the peer counts as flooding
+MAX_BUFFERED_CHARS = 1_000_000  # text waiting for a slow reader, across its streams
 
 
 class Connection:
-    """Serves one authenticated socket."""
+    """Serves one socket: frames in, the streams' frames out, in one writer."""
 
     def __init__(self, ws: WebSocket, services: Services) -> None:
         self.ws = ws
         self.services = services
+        self.settings = services.settings
         self.session_id = str(uuid.uuid4())
         self.identity: Identity | None = None
-        self.streams: dict[str, Stream] = {}
-        self.outbox: asyncio.Queue[bytes | _Close] = asyncio.Queue(OUTBOX_FRAMES)
-        self.closing = False
+        self.streams: dict[str, Stream | StoredStream] = {}
+        self._control: deque[bytes] = deque()
+        self._ready: dict[int, Stream | StoredStream] = {}
+        self._wake = asyncio.Event()
+        self._close_request: tuple[int, str] | None = None
         self._invalid_at: deque[float] = deque()
+        self._last_seen = time.monotonic()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._registered = False
 
     # ---- lifecycle -----------------------------------------------------------------------
 
     async def serve(self) -> None:
         """Run the connection until the peer leaves or we close it."""
-        settings = self.services.settings
         origin = self.ws.headers.get("origin")
-        if (
-            settings.allowed_origins
-            and origin is not None
-            and origin.rstrip("/") not in settings.allowed_origins
-        ):
+        allowed = self.settings.allowed_origins
+        if allowed and origin is not None and origin.rstrip("/") not in allowed:
             await self.ws.close(code=CloseCode.POLICY_VIOLATION)  # before accept: HTTP 403
             return
         header = self.ws.headers.get("authorization", "")
@@ -92,17 +89,32 @@ class Connection:
         try:
             if await self._authenticate(header):
                 await self._read_loop()
+        except WebSocketDisconnect:
+            pass
         finally:
-            self.closing = True
-            await self._stop_streams()
-            if not writer.done():
-                with contextlib.suppress(asyncio.QueueFull):
-                    self.outbox.put_nowait(_Close(CloseCode.NORMAL))
-                try:
-                    await asyncio.wait_for(writer, timeout=1.0)
-                except TimeoutError:
-                    writer.cancel()
-                    await asyncio.gather(writer, return_exceptions=True)
+            for timer in self._timers.values():
+                timer.cancel()
+            self._release_streams()
+            if self._registered and self.identity is not None:
+                self.services.registry.disconnect(self.identity.user_id, self)
+            self.close(CloseCode.NORMAL)
+            try:
+                await asyncio.wait_for(writer, timeout=2.0)
+            except TimeoutError:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+
+    def _release_streams(self) -> None:
+        """The socket is gone: its streams go on for a while, waiting for a resume."""
+        for stream in list(self.streams.values()):
+            if isinstance(stream, Stream):
+                stream.detach(self)
+                if stream.consumer is None:
+                    self.services.registry.detached(stream)
+            else:
+                stream.close()
+        self.streams.clear()
+        self._ready.clear()
 
     async def _authenticate(self, header: str) -> bool:
         token: str | None = None
@@ -111,55 +123,88 @@ class Connection:
         else:
             try:
                 message = await asyncio.wait_for(
-                    self.ws.receive(), timeout=self.services.settings.auth_timeout_s
+                    self.ws.receive(), timeout=self.settings.auth_timeout_s
                 )
             except TimeoutError:
-                await self._close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
+                self.close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
                 return False
             if message["type"] == "websocket.disconnect":
                 return False
             frame = self._decode(message)
             if not isinstance(frame, Auth):
-                await self._fail_auth(Unauthorized("the first frame must be auth"))
+                self._fail_auth(Unauthorized("the first frame must be auth"))
                 return False
             token = frame.token
         try:
             self.identity = await self.services.verifier.verify(token)
         except ChatError as exc:
-            await self._fail_auth(exc)
+            self._fail_auth(exc)
             return False
-        await self._send_ready()
+        count = self.services.registry.connect(self.identity.user_id, self)
+        self._registered = True
+        if count > self.settings.max_connections_per_user:
+            self.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this user")
+            return False
+        self._send_ready()
+        self._schedule_idle_check()
         return True
 
-    async def _fail_auth(self, exc: ChatError) -> None:
-        await self._send(codec.encode(Error(code=exc.code, message=exc.message, retryable=False)))
-        await self._close(CloseCode.UNAUTHENTICATED, exc.message)
+    def _fail_auth(self, exc: ChatError) -> None:
+        self._send_control(Error(code=exc.code, message=exc.message, retryable=False))
+        self.close(CloseCode.UNAUTHENTICATED, exc.message)
 
-    async def _send_ready(self) -> None:
+    def _send_ready(self) -> None:
         assert self.identity is not None
         limits = Limits(
-            max_streams=self.services.settings.max_streams_per_connection,
-            max_frame_bytes=MAX_FRAME_BYTES,
+            max_streams=self.settings.max_streams_per_connection, max_frame_bytes=MAX_FRAME_BYTES
         )
-        ready = Ready(
-            session_id=self.session_id,
-            user_id=self.identity.user_id,
-            expires_at=self.identity.expires_at,
-            limits=limits,
+        self._send_control(
+            Ready(
+                session_id=self.session_id,
+                user_id=self.identity.user_id,
+                expires_at=self.identity.expires_at,
+                limits=limits,
+            )
         )
-        await self._send(codec.encode(ready))
+        self._schedule("expiry", self.identity.expires_at - time.time(), self._token_expired)
+
+    def _token_expired(self) -> None:
+        exc = TokenExpired("the token expired; send auth with a fresh token")
+        self._send_control(Error(code=exc.code, message=exc.message, retryable=True))
+        self._schedule(
+            "expiry",
+            self.settings.token_expiry_grace_s,
+            lambda: self.close(CloseCode.UNAUTHENTICATED, "token expired"),
+        )
+
+    def _schedule_idle_check(self) -> None:
+        self._schedule("idle", self.settings.idle_timeout_s / 4, self._idle_check)
+
+    def _idle_check(self) -> None:
+        busy = any(isinstance(s, Stream) and s.live for s in self.streams.values())
+        if not busy and time.monotonic() - self._last_seen > self.settings.idle_timeout_s:
+            self.close(CloseCode.NORMAL, "idle timeout")
+        else:
+            self._schedule_idle_check()
+
+    def _schedule(self, name: str, delay: float, action: Any) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self._timers[name] = asyncio.get_running_loop().call_later(max(delay, 0.0), action)
 
     # ---- reading -------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        while not self.closing:
+        while self._close_request is None:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
+            self._last_seen = time.monotonic()
             frame = self._decode(message)
             if frame is None:
                 if self._abusive():
-                    await self._close(CloseCode.POLICY_VIOLATION, "too many invalid frames")
+                    self.close(CloseCode.POLICY_VIOLATION, "too many invalid frames")
                     return
                 continue
             await self._dispatch(frame)
@@ -185,104 +230,211 @@ class Connection:
     async def _dispatch(self, frame: ClientFrame) -> None:
         match frame:
             case Ping():
-                await self._send(codec.encode(Pong(nonce=frame.nonce)))
-            case Ask():
+                self._send_control(Pong(nonce=frame.nonce))
+            case Ask() | Chapter():
                 self._start_stream(frame)
             case Cancel():
-                stream = self.streams.get(frame.id)
-                if stream is None or stream.ended:
-                    self._reject(NotFound(f"no live stream {frame.id!r}"), frame.id)
-                else:
-                    stream.cancel()
+                self._cancel(frame.id)
+            case Resume():
+                await self._resume(frame.id, frame.after_seq)
             case Auth():
                 await self._refresh(frame.token)
-            case Chapter():
-                self._start_stream(frame)
-            case Resume():
-                self._reject(NotFound(f"no stream {frame.id!r} to resume"), frame.id)
 
     async def _refresh(self, token: str) -> None:
         assert self.identity is not None
         try:
             identity = await self.services.verifier.verify(token)
         except ChatError as exc:
-            await self._fail_auth(exc)
+            self._fail_auth(exc)
             return
         if identity.user_id != self.identity.user_id:
-            await self._fail_auth(Unauthorized("a refresh token must be for the same user"))
+            self._fail_auth(Unauthorized("a refresh token must be for the same user"))
             return
         self.identity = identity
-        await self._send_ready()
+        self._send_ready()
 
     # ---- streams -------------------------------------------------------------------------
 
     def _start_stream(self, frame: Ask | Chapter) -> None:
         assert self.identity is not None
-        stream_id = frame.id
-        existing = self.streams.get(stream_id)
-        if existing is not None and not existing.ended:
-            self._reject(DuplicateId(f"stream {stream_id!r} is still running"), stream_id)
-            return
-        live = sum(1 for s in self.streams.values() if not s.ended)
-        if live >= self.services.settings.max_streams_per_connection:
+        user, sid = self.identity.user_id, frame.id
+        registry = self.services.registry
+        if registry.draining:
             self._reject(
-                TooManyStreams("too many streams on this connection; wait for one to finish"),
-                stream_id,
+                UpstreamUnavailable("the server is restarting; reconnect and ask again"), sid
             )
             return
+        known = registry.get(user, sid)
+        if (known is not None and known.live) or (
+            sid in self.streams and not self.streams[sid].ended
+        ):
+            self._reject(DuplicateId(f"stream {sid!r} is still running"), sid)
+            return
+        mine = sum(1 for s in self.streams.values() if isinstance(s, Stream) and s.live)
+        if mine >= self.settings.max_streams_per_connection:
+            self._reject(
+                TooManyStreams("too many streams on this connection; wait for one to finish"), sid
+            )
+            return
+        if registry.live_count(user) >= self.settings.max_streams_per_user:
+            self._reject(
+                TooManyStreams("too many streams for this user; wait for one to finish"), sid
+            )
+            return
+        s = self.services
         work: AnswerRun | ChapterRun
         if isinstance(frame, Ask):
-            work = AnswerRun(self.services, self.identity.user_id, frame)
+            work = AnswerRun(s, user, frame)
         else:
-            s = self.services
-            work = ChapterRun(s.store, s.generative_model, s.chapters, self.identity, frame)
-        stream = Stream(
-            stream_id, self.identity.user_id, "answer" if isinstance(frame, Ask) else "chapter"
-        )
-        stream.sink = self._send
-        self.streams[stream_id] = stream
-        stream.start(work, self._forget)
+            work = ChapterRun(
+                s.store, s.generative_model, s.chapters, s.limiter, self.identity, frame
+            )
+        stream = Stream(sid, user, "answer" if isinstance(frame, Ask) else "chapter", s.journal)
+        registry.add(stream)
+        s.journal.started(stream)
+        self.streams[sid] = stream
+        stream.attach(self, 0)
+        stream.start(work, self._stream_ended)
 
-    def _forget(self, stream: Stream) -> None:
-        if self.streams.get(stream.id) is stream:
-            del self.streams[stream.id]
+    def _stream_ended(self, stream: Stream) -> None:
+        self.services.registry.finished(stream)
 
-    async def _stop_streams(self) -> None:
-        streams = list(self.streams.values())
-        for stream in streams:
-            stream.sink = None  # the socket is gone; the stream ends and saves what it has
-            stream.cancel()
-        tasks = [s.task for s in streams if s.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=STREAM_DRAIN_S)
+    def _cancel(self, sid: str) -> None:
+        assert self.identity is not None
+        stream = self.services.registry.get(self.identity.user_id, sid)
+        if stream is None or not stream.live or stream.ended:
+            self._reject(NotFound(f"no live stream {sid!r}"), sid)
+            return
+        stream.cancel()
+
+    async def _resume(self, sid: str, after_seq: int) -> None:
+        assert self.identity is not None
+        user = self.identity.user_id
+        stream = self.services.registry.get(user, sid)
+        if stream is None:
+            await self._resume_stored(sid, after_seq)
+            return
+        if stream.consumer is self:
+            self._reject(DuplicateId(f"stream {sid!r} is already attached to this connection"), sid)
+            return
+        if after_seq > stream.seq:
+            self._reject(
+                InvalidMessage(
+                    f"after_seq {after_seq} is past the stream's last frame ({stream.seq})"
+                ),
+                sid,
+            )
+            return
+        previous = stream.consumer
+        if isinstance(previous, Connection):
+            previous.streams.pop(sid, None)  # the newer socket of the same user takes it over
+        stream.attach(self, after_seq)
+        self.services.registry.attached(stream)
+        self.streams[sid] = stream
+
+    async def _resume_stored(self, sid: str, after_seq: int) -> None:
+        """A stream this process does not hold: replay it from the journal (another process, or a restart)."""
+        assert self.identity is not None
+        try:
+            stored = await StoredStream.open(
+                self.services.store,
+                self.identity.user_id,
+                sid,
+                after_seq,
+                self.settings.resume_retention_s,
+                self,
+            )
+        except ChatError as exc:
+            self._reject(exc, sid)
+            return
+        if stored is None:
+            self._reject(NotFound(f"no stream {sid!r} to resume"), sid)
+            return
+        self.streams[sid] = stored
 
     # ---- writing -------------------------------------------------------------------------
 
-    async def _send(self, data: bytes) -> None:
-        if not self.closing:
-            await self.outbox.put(data)
+    def wake(self, stream: Stream | StoredStream) -> None:
+        """A stream has frames for this socket."""
+        self._ready[id(stream)] = stream
+        self._wake.set()
+
+    def _send_control(self, frame: Any) -> None:
+        if len(self._control) >= CONTROL_FRAMES:
+            self.close(CloseCode.POLICY_VIOLATION, "too many frames without reading the answers")
+            return
+        self._control.append(codec.encode(frame))
+        self._wake.set()
 
     def _reject(self, exc: ChatError, stream_id: str | None = None) -> None:
-        """Queue an error frame without waiting; dropped if the outbox is full (the peer is flooding us)."""
-        frame = Error(code=exc.code, message=exc.message, retryable=exc.retryable, id=stream_id)
-        with contextlib.suppress(asyncio.QueueFull):
-            self.outbox.put_nowait(codec.encode(frame))
+        retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+        self._send_control(
+            Error(
+                code=exc.code,
+                message=exc.message,
+                retryable=exc.retryable,
+                id=stream_id,
+                retry_after=retry_after,
+            )
+        )
 
-    async def _close(self, code: int, reason: str = "") -> None:
-        self.closing = True
-        await self.outbox.put(_Close(code, reason[:120]))
+    def close(self, code: int, reason: str = "") -> None:
+        """Close after the control frames already queued (streams stay resumable)."""
+        if self._close_request is None:
+            self._close_request = (code, reason[:120])
+            self._wake.set()
+
+    def _next(self) -> bytes | None:
+        if self._control:
+            return self._control.popleft()
+        if self._close_request is not None:
+            return None
+        while self._ready:
+            key, stream = next(iter(self._ready.items()))
+            del self._ready[key]
+            if stream.consumer is not self:
+                continue
+            data = stream.take()
+            if stream.has_output():
+                self._ready[key] = stream  # round robin between streams
+            if data is not None:
+                return data
+        return None
 
     async def _write_loop(self) -> None:
         ws = self.ws
         try:
             while True:
-                item = await self.outbox.get()
-                if isinstance(item, _Close):
-                    await ws.close(code=item.code, reason=item.reason)
-                    return
-                await ws.send({"type": "websocket.send", "text": item.decode()})
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            self.closing = True  # the peer is gone; the reader sees the disconnect
+                data = self._next()
+                if data is None:
+                    if self._close_request is not None:
+                        code, reason = self._close_request
+                        await asyncio.wait_for(ws.close(code=code, reason=reason), timeout=2.0)
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                try:
+                    await asyncio.wait_for(
+                        ws.send({"type": "websocket.send", "text": data.decode()}),
+                        self.settings.slow_client_s,
+                    )
+                except TimeoutError:
+                    self._too_slow("the client stopped reading")
+                    continue
+                if self._buffered_chars() > MAX_BUFFERED_CHARS:
+                    self._too_slow("the client reads too slowly")
+        except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
+            self._close_request = self._close_request or (CloseCode.NORMAL, "")
+
+    def _buffered_chars(self) -> int:
+        return sum(s.buffered_chars() for s in self.streams.values() if isinstance(s, Stream))
+
+    def _too_slow(self, why: str) -> None:
+        log.info("closing %s with 1013: %s", self.session_id, why)
+        self._control.clear()
+        self._release_streams()
+        self.close(CloseCode.TRY_AGAIN_LATER, why)
 
 
 def _stream_id_of(text: str) -> str | None:

@@ -1,48 +1,152 @@
-"""A stream: one generation with its own id, seq counter and frame log, owned by a task."""
+"""A stream: one generation with its own id, seq numbers and frame log, detached from sockets.
+
+Frames are numbered when they are committed, not when they are emitted. A stream whose reader
+keeps up commits each frame as soon as the connection's writer asks for it; while the reader is
+slow, consecutive deltas wait in the tail and merge into one, so nothing is dropped or
+reordered and `seq` still grows by exactly one. A stream with no reader commits at once, so its
+log (and the journal behind it) is always complete for a later `resume`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from protocol import codec
-from protocol.frames import Done, Error, StreamFrame
+from protocol.frames import Delta, Done, Error, StreamFrame
+
+MAX_MERGED_DELTA = 65_536  # characters in one merged delta frame
 
 
-class Sink(Protocol):
-    """Where a stream's encoded frames go: a connection's outbox."""
+class Consumer(Protocol):
+    """The connection a stream's frames currently go to."""
 
-    def __call__(self, data: bytes) -> Awaitable[None]: ...
+    def wake(self, stream: Stream) -> None:
+        """The stream has frames to take."""
+
+
+class Journal(Protocol):
+    """Where committed frames are persisted, so a stream can be resumed from another process."""
+
+    def frame(self, stream: Stream, seq: int, data: bytes) -> None: ...
+
+
+class _Pending:
+    __slots__ = ("fields", "frame_type", "size", "texts")
+
+    def __init__(self, frame_type: Callable[..., StreamFrame], fields: dict[str, Any]) -> None:
+        self.frame_type = frame_type
+        self.fields = fields
+        self.texts: list[str] = []
+        self.size = 0
 
 
 class Stream:
-    """A generation that numbers its frames and keeps them, so a later socket could replay them."""
+    """A generation that numbers its frames and keeps them for replay."""
 
-    def __init__(self, stream_id: str, user_id: str, kind: str) -> None:
+    def __init__(
+        self, stream_id: str, user_id: str, kind: str, journal: Journal | None = None
+    ) -> None:
         self.id = stream_id
         self.user_id = user_id
         self.kind = kind
+        self.key = uuid.uuid4().hex
         self.started = time.monotonic()
         self.seq = 0
         self.log: list[bytes] = []
-        self.sink: Sink | None = None
+        self.consumer: Consumer | None = None
+        self.cursor = 0  # frames of the log the consumer has taken
         self.task: asyncio.Task[None] | None = None
-        self.finished = False
-        self.ended = False
+        self.ended = False  # a terminal frame was emitted
+        self.finished_at: float | None = None
+        self.interrupted = False  # cancelled because nobody came back for it
+        self.journal = journal
+        self._tail: deque[_Pending] = deque()
+        self._tail_chars = 0
 
-    async def emit(self, frame_type: Callable[..., StreamFrame], **fields: Any) -> None:
-        """Number, encode, keep and forward one frame of this stream."""
+    # ---- producing ---------------------------------------------------------------------
+
+    def emit(self, frame_type: Callable[..., StreamFrame], **fields: Any) -> None:
+        """Queue one frame; it is numbered when the reader takes it (at once without a reader)."""
+        if frame_type is Delta:
+            text: str = fields["text"]
+            last = self._tail[-1] if self._tail else None
+            if (
+                last is None
+                or last.frame_type is not Delta
+                or last.size + len(text) > MAX_MERGED_DELTA
+            ):
+                last = _Pending(Delta, {})
+                self._tail.append(last)
+            last.texts.append(text)
+            last.size += len(text)
+            self._tail_chars += len(text)
+        else:
+            if frame_type is Done or frame_type is Error:
+                self.ended = True
+            self._tail.append(_Pending(frame_type, fields))
+        if self.consumer is None:
+            self._commit_all()
+        else:
+            self.consumer.wake(self)
+
+    def _commit_all(self) -> None:
+        while self._tail:
+            self._commit()
+
+    def _commit(self) -> bytes:
+        pending = self._tail.popleft()
         self.seq += 1
-        frame = frame_type(id=self.id, seq=self.seq, **fields)
-        if isinstance(frame, Done | Error):
-            self.ended = True
-        data = codec.encode(frame)
+        fields = pending.fields
+        if pending.frame_type is Delta:
+            text = "".join(pending.texts)
+            self._tail_chars -= pending.size
+            fields = {"text": text}
+        data = codec.encode(pending.frame_type(id=self.id, seq=self.seq, **fields))
         self.log.append(data)
-        sink = self.sink
-        if sink is not None:
-            await sink(data)
+        if self.journal is not None:
+            self.journal.frame(self, self.seq, data)
+        return data
+
+    # ---- consuming ---------------------------------------------------------------------
+
+    def has_output(self) -> bool:
+        """True when the consumer has frames to take."""
+        return self.cursor < self.seq or bool(self._tail)
+
+    def take(self) -> bytes | None:
+        """The consumer's next frame: a replayed one first, then the oldest pending one."""
+        if self.cursor < self.seq:
+            data = self.log[self.cursor]
+        elif self._tail:
+            data = self._commit()
+        else:
+            return None
+        self.cursor += 1
+        return data
+
+    def attach(self, consumer: Consumer, after_seq: int) -> None:
+        """Send this stream's frames after `after_seq` to `consumer`, then the live rest."""
+        self.consumer = consumer
+        self.cursor = min(after_seq, self.seq)
+        if self.has_output():
+            consumer.wake(self)
+
+    def detach(self, consumer: Consumer) -> None:
+        """The consumer is gone; commit what was waiting for it."""
+        if self.consumer is consumer:
+            self.consumer = None
+            self._commit_all()
+
+    def buffered_chars(self) -> int:
+        """Text waiting for a slow reader."""
+        return self._tail_chars
+
+    # ---- lifecycle ---------------------------------------------------------------------
 
     def start(
         self, work: Callable[[Stream], Awaitable[None]], on_exit: Callable[[Stream], None]
@@ -53,14 +157,21 @@ class Stream:
             try:
                 await work(self)
             finally:
-                self.finished = True
+                self.finished_at = time.monotonic()
                 on_exit(self)
 
         self.task = asyncio.create_task(run(), name=f"stream:{self.id}")
 
-    def cancel(self) -> None:
+    @property
+    def live(self) -> bool:
+        """Still generating."""
+        return self.task is not None and not self.task.done()
+
+    def cancel(self, *, interrupted: bool = False) -> None:
         """Ask the stream's task to stop; it ends itself with a terminal frame."""
-        if self.task is not None and not self.task.done() and not self.ended:
+        if self.live and not self.ended:
+            self.interrupted = self.interrupted or interrupted
+            assert self.task is not None
             self.task.cancel()
 
     def elapsed_ms(self) -> float:

@@ -1,4 +1,4 @@
-"""Chunk index: one hybrid (dense + BM25, fused by RRF) search interface over two Qdrant engines."""
+"""Chunk index: one hybrid (dense + BM25, score-fused) search interface over two Qdrant engines."""
 
 from __future__ import annotations
 
@@ -22,8 +22,12 @@ from server.errors import EmbeddingMismatch, RetrievalUnavailable
 DENSE_VECTOR = "dense"
 SPARSE_VECTOR = "bm25"
 CHAPTER_FIELD = "chapter_id"
-# Qdrant server's default RRF constant; the edge engine needs it spelled out, so both rank alike.
-RRF_K = 2
+# BM25's pull against cosine similarity: the best keyword match of a query gets this much on top
+# of its dense score. Dense scores of plausible passages spread over ~0.1 with MiniLM, so keywords
+# reorder close calls without overruling a clearly better meaning match (eval/retrieval.jsonl:
+# 0.08-0.12 score alike; RRF, which drops the score gaps, did worse on paraphrased questions).
+KEYWORD_WEIGHT = 0.1
+CANDIDATES = 40  # nearest points taken from each retriever before fusing
 EDGE_INFO_FILE = "collection.json"
 SCROLL_PAGE = 1024
 # Keeps each upsert request well under the server's default 32 MiB body limit.
@@ -41,7 +45,7 @@ class ChunkPoint(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Hit(msgspec.Struct, frozen=True):
-    """One search result; `score` is the fused RRF score."""
+    """One search result; `score` is the retriever's own score, or the fused score (see fuse)."""
 
     id: str
     score: float
@@ -64,7 +68,7 @@ class VectorStore(Protocol):
         sparse_values: Sequence[float],
         limit: int,
         chapter_id: str | None = None,
-        prefetch_limit: int = 40,
+        candidates: int = CANDIDATES,
     ) -> list[Hit]: ...
     async def count(self) -> int: ...
     async def ping(self) -> None: ...
@@ -93,6 +97,24 @@ class Bm25Encoder:
         """Weight 1.0 for each distinct query token."""
         vector = self._model.embed_query(text)
         return list(vector.indices), list(vector.values)
+
+
+def fuse(dense: Sequence[Hit], sparse: Sequence[Hit], limit: int) -> list[Hit]:
+    """Points of both candidate lists by fused score, best first.
+
+    fused = (cosine - weakest dense candidate's cosine) + KEYWORD_WEIGHT * BM25 / best BM25.
+    A point that only BM25 found is scored as if at the weakest dense candidate (its cosine is
+    at most that), so every fused score is >= 0 and a point found by both retrievers leads.
+    """
+    floor = min((h.score for h in dense), default=0.0)
+    best_bm25 = max((h.score for h in sparse), default=0.0)
+    fused = {h.id: (h.score - floor, h.payload) for h in dense}
+    for h in sparse:
+        keyword = KEYWORD_WEIGHT * h.score / best_bm25 if best_bm25 > 0 else 0.0
+        score, payload = fused.get(h.id, (0.0, h.payload))
+        fused[h.id] = (score + keyword, payload)
+    ranked = sorted(fused.items(), key=lambda item: item[1][0], reverse=True)[:limit]
+    return [Hit(id=pid, score=score, payload=payload) for pid, (score, payload) in ranked]
 
 
 class _BuiltBy(msgspec.Struct, frozen=True):
@@ -155,36 +177,34 @@ class EdgeVectorStore:
         sparse_values: Sequence[float],
         limit: int,
         chapter_id: str | None = None,
-        prefetch_limit: int = 40,
+        candidates: int = CANDIDATES,
     ) -> list[Hit]:
-        """Hybrid search: dense and BM25 prefetches, each filtered by chapter, fused with RRF."""
+        """Hybrid search: dense and BM25 nearest points, each filtered by chapter, then fused."""
         chapter_filter = (
             qe.Filter(must=[qe.FieldCondition(key=CHAPTER_FIELD, match=qe.MatchValue(chapter_id))])
             if chapter_id is not None
             else None
         )
-        prefetches = [
-            qe.Prefetch(
-                limit=prefetch_limit,
+        queries = [
+            qe.QueryRequest(
+                limit=candidates,
                 query=qe.Query.Nearest(list(dense), using=DENSE_VECTOR),
                 filter=chapter_filter,
+                with_payload=True,
             )
         ]
         if sparse_indices:
             sparse = qe.SparseVector(list(sparse_indices), list(sparse_values))
-            prefetches.append(
-                qe.Prefetch(
-                    limit=prefetch_limit,
+            queries.append(
+                qe.QueryRequest(
+                    limit=candidates,
                     query=qe.Query.Nearest(sparse, using=SPARSE_VECTOR),
                     filter=chapter_filter,
+                    with_payload=True,
                 )
             )
-        # The stub types `query` as Fusion, but the runtime takes the nested Fusion.Rrf.
-        fusion: Any = qe.Fusion.Rrf(k=RRF_K)
-        request = qe.QueryRequest(
-            limit=limit, prefetches=prefetches, query=fusion, with_payload=True
-        )
-        return await asyncio.to_thread(self._query_sync, request)
+        found = await asyncio.to_thread(self._query_sync, qe.QueryBatchRequest(queries))
+        return fuse(found[0], found[1] if len(found) > 1 else [], limit)
 
     async def count(self) -> int:
         """Exact number of stored points."""
@@ -236,13 +256,16 @@ class EdgeVectorStore:
                 shard.update(operation)
                 shard.flush()
 
-    def _query_sync(self, request: qe.QueryRequest) -> list[Hit]:
+    def _query_sync(self, batch: qe.QueryBatchRequest) -> list[list[Hit]]:
         shard = self._require_shard()
         with self._edge_failures():
-            points = shard.query(request)
+            results = shard.query_batch(batch)
         return [
-            Hit(id=str(point.id), score=float(point.score), payload=dict(point.payload or {}))
-            for point in points
+            [
+                Hit(id=str(point.id), score=float(point.score), payload=dict(point.payload or {}))
+                for point in points
+            ]
+            for points in results
         ]
 
     def _content_hashes_sync(self, chapter_ids: Sequence[str] | None) -> dict[str, str]:
@@ -417,9 +440,9 @@ class QdrantServerStore:
         sparse_values: Sequence[float],
         limit: int,
         chapter_id: str | None = None,
-        prefetch_limit: int = 40,
+        candidates: int = CANDIDATES,
     ) -> list[Hit]:
-        """Hybrid search: dense and BM25 prefetches, each filtered by chapter, fused with RRF."""
+        """Hybrid search: dense and BM25 nearest points, each filtered by chapter, then fused."""
         chapter_filter = (
             models.Filter(
                 must=[
@@ -431,30 +454,36 @@ class QdrantServerStore:
             if chapter_id is not None
             else None
         )
-        prefetch = [
-            models.Prefetch(
-                query=list(dense), using=DENSE_VECTOR, limit=prefetch_limit, filter=chapter_filter
+        requests = [
+            models.QueryRequest(
+                query=list(dense),
+                using=DENSE_VECTOR,
+                limit=candidates,
+                filter=chapter_filter,
+                with_payload=True,
             )
         ]
         if sparse_indices:
             sparse = models.SparseVector(indices=list(sparse_indices), values=list(sparse_values))
-            prefetch.append(
-                models.Prefetch(
-                    query=sparse, using=SPARSE_VECTOR, limit=prefetch_limit, filter=chapter_filter
+            requests.append(
+                models.QueryRequest(
+                    query=sparse,
+                    using=SPARSE_VECTOR,
+                    limit=candidates,
+                    filter=chapter_filter,
+                    with_payload=True,
                 )
             )
         async with self._failures():
-            response = await self._client.query_points(
-                self._collection,
-                prefetch=prefetch,
-                query=models.FusionQuery(fusion=models.Fusion.RRF),
-                limit=limit,
-                with_payload=True,
-            )
-        return [
-            Hit(id=str(point.id), score=float(point.score), payload=dict(point.payload or {}))
-            for point in response.points
+            responses = await self._client.query_batch_points(self._collection, requests)
+        found = [
+            [
+                Hit(id=str(point.id), score=float(point.score), payload=dict(point.payload or {}))
+                for point in response.points
+            ]
+            for response in responses
         ]
+        return fuse(found[0], found[1] if len(found) > 1 else [], limit)
 
     async def count(self) -> int:
         """Exact number of stored points."""

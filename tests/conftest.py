@@ -23,8 +23,8 @@ import uvicorn
 from server.app import create_app
 from server.auth import mint_token
 from server.fake_llm import FakeLLM
+from server.serve import make_server
 from server.services import Services
-from server.session import MAX_FRAME_BYTES
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,18 +114,14 @@ def free_port() -> int:
 class AppServer:
     """Any ASGI app under a real uvicorn on a loopback port, in the test's event loop."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, server: uvicorn.Server | None = None) -> None:
         self.port = free_port()
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            ws_max_size=MAX_FRAME_BYTES,
-            ws_per_message_deflate=False,
-            log_level="warning",
-            lifespan="on",
-        )
-        self.server = uvicorn.Server(config)
+        if server is None:
+            config = uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            )
+            server = uvicorn.Server(config)
+        self.server = server
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -150,7 +146,10 @@ class LiveServer(AppServer):
     """The chat app on given services."""
 
     def __init__(self, services: Services) -> None:
-        super().__init__(create_app(services.settings, services=services))
+        port = free_port()
+        app = create_app(services.settings, services=services)
+        super().__init__(app, make_server(app, services, "127.0.0.1", port, log_level="warning"))
+        self.port = port
         self.services = services
 
     @property

@@ -171,19 +171,26 @@ async def test_cancel_closes_the_upstream_stream_and_keeps_the_partial_answer(
     assert saved[0]["answer"] == deltas(frames) and saved[0]["answer"]
 
 
-async def test_disconnect_cancels_streams(live: LiveServer, slow_llm: FakeLLM) -> None:
-    disconnected = slow_llm.streams_disconnected
-    async with connect(live.ws_url, token_for("gina")) as chat:
-        await chat.send(type="ask", id="d1", question="What is a VLA model?")
-        start = await chat.recv_type("start")
-        await chat.recv_type("delta")
-    await slow_llm.wait_for(lambda: slow_llm.streams_disconnected > disconnected, timeout=2)
-    for _ in range(100):
-        saved = await live.services.store.list_messages("gina", start["conversation_id"])
-        if saved[0]["status"] != "streaming":
-            break
-        await asyncio.sleep(0.02)
-    assert saved[0]["status"] == "cancelled"
+async def test_a_dropped_stream_is_interrupted_after_the_grace_period(
+    services: Services, slow_llm: FakeLLM
+) -> None:
+    settings = dataclasses.replace(services.settings, resume_grace_s=0.5)
+    async with LiveServer(dataclasses.replace(services, settings=settings)) as server:
+        disconnected = slow_llm.streams_disconnected
+        async with connect(server.ws_url, token_for("gina")) as chat:
+            await chat.send(type="ask", id="d1", question="What is a VLA model?")
+            start = await chat.recv_type("start")
+            await chat.recv_type("delta")
+        await asyncio.sleep(0.2)
+        assert slow_llm.streams_disconnected == disconnected, "it keeps generating for a while"
+        await slow_llm.wait_for(lambda: slow_llm.streams_disconnected > disconnected, timeout=3)
+        for _ in range(100):
+            saved = await services.store.list_messages("gina", start["conversation_id"])
+            if saved[0]["status"] != "streaming":
+                break
+            await asyncio.sleep(0.02)
+    assert saved[0]["status"] == "interrupted"
+    assert saved[0]["answer"]
 
 
 async def test_invalid_frames_get_errors_and_the_socket_stays_usable(live: LiveServer) -> None:

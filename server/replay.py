@@ -1,0 +1,125 @@
+"""Resume of a stream this process does not hold: its frames come from the journal in Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Protocol
+
+from protocol import codec
+from protocol.codes import ErrorCode
+from protocol.frames import Error
+from server.errors import ChatError, InvalidMessage
+from server.store import Store
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1
+STALLED_S = 60.0  # an unfinished stream with no new frame for this long lost its process
+_TERMINAL = (b'{"type":"done"', b'{"type":"error"')
+
+
+class Reader(Protocol):
+    """The connection the replayed frames go to."""
+
+    def wake(self, stream: StoredStream) -> None: ...
+
+
+class StoredStream:
+    """Frames of a journaled stream after `after_seq`, then, while it still runs elsewhere, the new ones."""
+
+    def __init__(self, store: Store, stream_id: str, key: str, reader: Reader) -> None:
+        self.id = stream_id
+        self.consumer: Reader | None = reader
+        self.ended = False
+        self._store = store
+        self._key = key
+        self._frames: deque[bytes] = deque()
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._last_progress = time.monotonic()
+
+    @classmethod
+    async def open(
+        cls,
+        store: Store,
+        user_id: str,
+        stream_id: str,
+        after_seq: int,
+        retention_s: float,
+        reader: Reader,
+    ) -> StoredStream | None:
+        """The stored stream, or None when there is none for this user within retention."""
+        record = await store.stream_record(user_id, stream_id, retention_s)
+        if record is None:
+            return None
+        key, _owner, last_seq, _finished = record
+        if after_seq > last_seq:
+            raise InvalidMessage(
+                f"after_seq {after_seq} is past the stream's last frame ({last_seq})"
+            )
+        stream = cls(store, stream_id, key, reader)
+        stream._seq = after_seq
+        await stream._fetch()
+        if not stream.ended:
+            stream._task = asyncio.create_task(stream._follow(), name=f"follow:{stream_id}")
+        return stream
+
+    async def _fetch(self) -> None:
+        rows = await self._store.stream_frames(self._key, self._seq)
+        for seq, frame in rows:
+            data = frame.encode()
+            self._frames.append(data)
+            self._seq = seq
+            self.ended = self.ended or data.startswith(_TERMINAL)
+        if rows:
+            self._last_progress = time.monotonic()
+            if self.consumer is not None:
+                self.consumer.wake(self)
+
+    async def _follow(self) -> None:
+        while not self.ended:
+            await asyncio.sleep(POLL_S)
+            try:
+                await self._fetch()
+            except ChatError:
+                continue
+            if not self.ended and time.monotonic() - self._last_progress > STALLED_S:
+                self._frames.append(
+                    codec.encode(
+                        Error(
+                            code=ErrorCode.UPSTREAM_UNAVAILABLE,
+                            message="the server generating this stream went away; ask again",
+                            retryable=True,
+                            id=self.id,
+                            seq=self._seq + 1,
+                        )
+                    )
+                )
+                self.ended = True
+                if self.consumer is not None:
+                    self.consumer.wake(self)
+
+    def has_output(self) -> bool:
+        """True when frames are waiting."""
+        return bool(self._frames)
+
+    def take(self) -> bytes | None:
+        """The next frame, or None."""
+        return self._frames.popleft() if self._frames else None
+
+    def close(self) -> None:
+        """The reader is gone: stop following."""
+        self.consumer = None
+        if self._task is not None:
+            self._task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop following and wait for it."""
+        self.close()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

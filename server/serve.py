@@ -1,0 +1,57 @@
+"""uvicorn, configured for the chat socket, with a drain before it closes connections."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import uvicorn
+
+from protocol.codes import CloseCode
+from server.services import Services
+from server.session import MAX_FRAME_BYTES, Connection
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM: stop accepting, let streams finish until the drain deadline, close sockets
+    with 1012 so clients resume elsewhere, persist every frame, then stop as uvicorn does."""
+
+    def __init__(self, config: uvicorn.Config, services: Services) -> None:
+        super().__init__(config)
+        self.services = services
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # stop accepting
+        registry = self.services.registry
+        left = await registry.drain(self.services.settings.drain_s)
+        if left:
+            log.info("drain deadline passed with %d streams running; they stay resumable", left)
+        connections: list[Connection] = registry.connections()
+        for connection in connections:
+            connection.close(CloseCode.SERVICE_RESTART, "server restarting: reconnect and resume")
+        await self.services.journal.flush()
+        await super().shutdown(sockets)
+
+
+def make_server(
+    app: Any, services: Services, host: str, port: int, **overrides: Any
+) -> DrainingServer:
+    """The uvicorn server for `app`, with the socket limits the protocol promises."""
+    s = services.settings
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "ws_max_size": MAX_FRAME_BYTES,
+        "ws_per_message_deflate": False,
+        "ws_ping_interval": s.ws_ping_interval_s,
+        "ws_ping_timeout": s.ws_ping_timeout_s,
+        "log_level": s.log_level.lower(),
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 5,
+        **overrides,
+    }
+    return DrainingServer(uvicorn.Config(app, **options), services)
