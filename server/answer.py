@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from protocol.frames import Ask, Delta, Done, Error, Source, Sources, Start, Timings, Usage
-from server.errors import ChatError, InternalError, NotFound
+from server.errors import ChatError, InternalError, NotFound, error_fields
 from server.llm import Generation
 from server.prompt import PromptSource, build_prompt
 from server.retrieval import Passage
@@ -123,7 +123,7 @@ class AnswerRun:
         if self.message_id is not None:
             await self._persist(status, error, timings)
         if error is not None:
-            stream.emit(Error, code=error.code, message=error.message, retryable=error.retryable)
+            stream.emit(Error, **error_fields(error))
         else:
             reason = "cancelled" if status in ("cancelled", "interrupted") else g.finish_reason
             stream.emit(Done, finish_reason=reason, timings=timings, usage=usage)

@@ -15,7 +15,14 @@ from protocol.frames import Chapter as ChapterFrame
 from protocol.frames import Delta, Done, Error, Start, Timings, Usage
 from protocol.profile import Profile
 from server.auth import Identity
-from server.errors import ChatError, InternalError, InvalidMessage, NotFound, UpstreamUnavailable
+from server.errors import (
+    ChatError,
+    InternalError,
+    InvalidMessage,
+    NotFound,
+    UpstreamUnavailable,
+    error_fields,
+)
 from server.limits import RateLimiter
 from server.llm import ChatModel, Generation
 from server.profiles import reader_profile
@@ -216,7 +223,7 @@ class ChapterRun:
                 task.uncancel()
             stream.emit(Done, finish_reason="cancelled", timings=self._timings(stream))
         except ChatError as exc:
-            stream.emit(Error, code=exc.code, message=exc.message, retryable=exc.retryable)
+            stream.emit(Error, **error_fields(exc))
         except Exception:
             log.exception("chapter stream %s failed", stream.id)
             stream.emit(Error, code=InternalError.code, message="internal error", retryable=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from protocol.codes import CloseCode, ErrorCode
 
 
@@ -94,6 +96,14 @@ class ConfigError(Exception):
 
 class EmbeddingMismatch(ConfigError):
     """The vector collection was built by a different embedding model."""
+
+
+def error_fields(exc: ChatError) -> dict[str, Any]:
+    """The fields of the `error` frame for this exception."""
+    fields: dict[str, Any] = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
+    if isinstance(exc, RateLimited):
+        fields["retry_after"] = exc.retry_after
+    return fields
 
 
 # The one table from wire code to HTTP status, for the HTTP side of the API.

@@ -36,11 +36,11 @@ from server.errors import (
     DuplicateId,
     InvalidMessage,
     NotFound,
-    RateLimited,
     TokenExpired,
     TooManyStreams,
     Unauthorized,
     UpstreamUnavailable,
+    error_fields,
 )
 from server.replay import StoredStream
 from server.services import Services
@@ -367,16 +367,7 @@ class Connection:
         self._wake.set()
 
     def _reject(self, exc: ChatError, stream_id: str | None = None) -> None:
-        retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-        self._send_control(
-            Error(
-                code=exc.code,
-                message=exc.message,
-                retryable=exc.retryable,
-                id=stream_id,
-                retry_after=retry_after,
-            )
-        )
+        self._send_control(Error(id=stream_id, **error_fields(exc)))
 
     def close(self, code: int, reason: str = "") -> None:
         """Close after the control frames already queued (streams stay resumable)."""

@@ -15,11 +15,14 @@ from qdrant_client import AsyncQdrantClient
 from server.errors import EmbeddingMismatch, RetrievalUnavailable
 from server.vectorstore import (
     EDGE_INFO_FILE,
+    KEYWORD_WEIGHT,
     Bm25Encoder,
     ChunkPoint,
     EdgeVectorStore,
+    Hit,
     QdrantServerStore,
     VectorStore,
+    fuse,
 )
 
 DIM = 8
@@ -81,7 +84,7 @@ DATASET = [chunk(*row) for row in CHUNKS]
 
 
 async def search_keys(
-    store: VectorStore, dense: list[float], query: str, *, prefetch_limit: int = 40
+    store: VectorStore, dense: list[float], query: str, *, candidates: int = 40
 ) -> list[str]:
     """Keys of the hits for a dense vector and a query text, best first."""
     indices, values = ENCODER.encode_query(query)
@@ -90,7 +93,7 @@ async def search_keys(
         sparse_indices=indices,
         sparse_values=values,
         limit=5,
-        prefetch_limit=prefetch_limit,
+        candidates=candidates,
     )
     return [KEY_OF[hit.id] for hit in hits]
 
@@ -147,19 +150,38 @@ async def test_dense_similarity_finds_the_nearest_chunk(filled: VectorStore) -> 
     assert keys[:2] == ["C", "D"]
 
 
-async def test_rare_keyword_alone_finds_its_chunk(filled: VectorStore) -> None:
-    # The dense query ranks E last, so only BM25 can lift it to the top.
-    dense = vector(a0=1.0, a1=1.0, a2=1.0, a3=1.0, a4=-1.0)
+async def test_rare_keyword_decides_between_equally_close_chunks(filled: VectorStore) -> None:
+    # Every chunk is equally close to the dense query, so only BM25 can put E first.
+    dense = vector(a0=1.0, a1=1.0, a2=1.0, a3=1.0, a4=1.0)
     keys = await search_keys(filled, dense, "what does zygomorphic mean?")
     assert keys[0] == "E"
 
 
-async def test_rrf_ranks_a_chunk_found_by_both_retrievers_first(filled: VectorStore) -> None:
-    # Dense ranks A then B; BM25 ranks E (two terms) then B (one): B is second in both.
-    dense = vector(a0=0.8, a1=0.6, a4=-0.1)
-    keys = await search_keys(filled, dense, "zygomorphic symmetry mitochondrion", prefetch_limit=2)
-    assert keys[0] == "B"
-    assert set(keys) == {"A", "B", "E"}
+async def test_keyword_does_not_overrule_a_clearly_closer_chunk(filled: VectorStore) -> None:
+    keys = await search_keys(filled, vector(a0=1.0), "zygomorphic")
+    assert keys[:2] == ["A", "E"]
+
+
+async def test_chunk_found_by_both_retrievers_beats_a_slightly_closer_one(
+    filled: VectorStore,
+) -> None:
+    # Dense ranks A just above B, and only B has the keywords.
+    dense = vector(a0=0.62, a1=0.6)
+    keys = await search_keys(filled, dense, "mitochondrion glucose", candidates=2)
+    assert keys == ["B", "A"]
+
+
+def test_fused_scores_are_margins_over_the_weakest_dense_candidate() -> None:
+    dense = [Hit("A", 0.75, {}), Hit("B", 0.65, {}), Hit("C", 0.60, {})]
+    sparse = [Hit("E", 8.0, {}), Hit("C", 4.0, {})]
+    fused = {hit.id: hit.score for hit in fuse(dense, sparse, limit=10)}
+    assert fused["A"] == pytest.approx(0.15)
+    assert fused["B"] == pytest.approx(0.05)
+    # C is the weakest dense candidate; E, found by BM25 alone, is scored as if tied with it.
+    assert fused["C"] == pytest.approx(KEYWORD_WEIGHT * 0.5)
+    assert fused["E"] == pytest.approx(KEYWORD_WEIGHT)
+    assert [hit.id for hit in fuse(dense, sparse, limit=2)] == ["A", "E"]
+    assert [hit.id for hit in fuse(dense, [], limit=3)] == ["A", "B", "C"]
 
 
 async def test_idf_outweighs_a_frequent_common_term(make_store: StoreFactory) -> None:
@@ -176,7 +198,7 @@ async def test_idf_outweighs_a_frequent_common_term(make_store: StoreFactory) ->
     await store.upsert([chunk(key, "ch9", text, axis) for axis, (key, text) in enumerate(texts)])
     # Term frequency alone would rank C1 (four times "energy") above R (one "quokka");
     # IDF makes the rare word win. With one candidate per retriever we see BM25's top pick.
-    keys = await search_keys(store, vector(a2=1.0), "energy quokka", prefetch_limit=1)
+    keys = await search_keys(store, vector(a2=1.0), "energy quokka", candidates=1)
     assert set(keys) == {"R", "C2"}
 
 

@@ -1,0 +1,286 @@
+"""A session that survives real networks: concurrency, resume, refresh and expiry, limits, liveness."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import itertools
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import websockets
+
+from server.fake_llm import FakeLLM, FakeLLMConfig
+from server.services import Services
+from tests.chat_client import ChatClient, connect, deltas
+from tests.conftest import LiveServer, token_for
+
+CHAPTER = "ros2-basics/ros2-services-actions-qos"
+
+
+@pytest.fixture
+def paced_llm(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
+    """Long answers at 100 tokens/s, echoing chapters; restored afterwards."""
+    saved = fake_llm.config
+    fake_llm.config = FakeLLMConfig(tokens_per_answer=150, tokens_per_second=100)
+    yield fake_llm
+    fake_llm.config = saved
+
+
+@asynccontextmanager
+async def server_with(services: Services, **settings: Any) -> AsyncIterator[LiveServer]:
+    """A server on the shared components with some settings changed (and its own session state)."""
+    changed = dataclasses.replace(
+        services, settings=dataclasses.replace(services.settings, **settings)
+    )
+    async with LiveServer(changed) as server:
+        yield server
+
+
+def _seqs(frames: list[dict[str, Any]]) -> list[int]:
+    return [f["seq"] for f in frames]
+
+
+async def _read_until_closed(chat: ChatClient) -> tuple[list[dict[str, Any]], int | None]:
+    frames = []
+    try:
+        while True:
+            frames.append(await chat.recv(timeout=10))
+    except websockets.ConnectionClosed as closed:
+        return frames, closed.rcvd.code if closed.rcvd else None
+
+
+async def _until(chat: ChatClient, sid: str, predicate: Any) -> list[dict[str, Any]]:
+    frames = []
+    while True:
+        frame = await chat.recv()
+        if frame.get("id") == sid:
+            frames.append(frame)
+            if predicate(frame, frames):
+                return frames
+
+
+async def test_two_streams_at_once_on_one_socket(live: LiveServer, paced_llm: FakeLLM) -> None:
+    async with connect(live.ws_url, token_for("duo")) as chat:
+        await chat.send(type="ask", id="a", question="What is the zero-moment point?")
+        await chat.send(type="chapter", id="c", chapter=CHAPTER, mode="translate", language="de")
+        streams: dict[str, list[dict[str, Any]]] = {"a": [], "c": []}
+        order = []
+        while not all(s and s[-1]["type"] in ("done", "error") for s in streams.values()):
+            frame = await chat.recv()
+            streams[frame["id"]].append(frame)
+            order.append(frame["id"])
+    for frames in streams.values():
+        assert frames[-1]["type"] == "done"
+        assert _seqs(frames) == list(range(1, len(frames) + 1))
+    switches = sum(1 for x, y in itertools.pairwise(order) if x != y)
+    assert switches > 2, "the two streams interleave"
+
+
+async def test_drop_and_resume_replays_exactly_once(live: LiveServer, paced_llm: FakeLLM) -> None:
+    token = token_for("rita")
+    async with connect(live.ws_url, token) as chat:
+        await chat.send(type="ask", id="r1", question="How does a complementary filter work?")
+        seen = await _until(chat, "r1", lambda f, fs: sum(x["type"] == "delta" for x in fs) == 5)
+    assert _seqs(seen) == list(range(1, len(seen) + 1))
+    last = seen[-1]["seq"]
+    await asyncio.sleep(0.3)  # it keeps generating while nobody listens
+    async with connect(live.ws_url, token) as chat:
+        await chat.send(type="resume", id="r1", after_seq=last)
+        rest = await chat.stream("r1")
+    assert _seqs(rest) == list(range(last + 1, last + 1 + len(rest))), "no gap, no duplicate"
+    assert rest[-1]["type"] == "done" and rest[-1]["finish_reason"] == "stop"
+    answer = deltas(seen) + deltas(rest)
+    saved = await live.services.store.list_messages("rita", seen[0]["conversation_id"])
+    assert saved[0]["answer"] == answer and saved[0]["status"] == "complete"
+
+    # a finished stream can still be fetched for a while, from any point
+    async with connect(live.ws_url, token) as chat:
+        await chat.send(type="resume", id="r1", after_seq=2)
+        again = await chat.stream("r1")
+    assert _seqs(again)[0] == 3 and again[-1]["type"] == "done"
+    assert deltas(again) == answer
+
+
+async def test_resume_of_another_users_stream_is_not_found(
+    live: LiveServer, paced_llm: FakeLLM
+) -> None:
+    async with connect(live.ws_url, token_for("owner")) as chat:
+        frames = await chat.ask("mine", "What is LiDAR?")
+    assert frames[-1]["type"] == "done"
+    async with connect(live.ws_url, token_for("intruder")) as chat:
+        await chat.send(type="resume", id="mine", after_seq=0)
+        error = await chat.recv()
+        assert error["code"] == "not_found" and error["id"] == "mine"
+        await chat.send(type="cancel", id="mine")
+        assert (await chat.recv())["code"] == "not_found"
+
+
+async def test_resume_from_the_journal_on_another_server(
+    services: Services, paced_llm: FakeLLM
+) -> None:
+    """Two servers with separate session state share only Postgres, as two processes would."""
+    token = token_for("jules")
+    async with server_with(services) as first:
+        async with connect(first.ws_url, token) as chat:
+            frames = await chat.ask("j1", "What is action chunking?")
+        assert frames[-1]["type"] == "done"
+        await first.services.journal.flush()
+    async with server_with(services) as second, connect(second.ws_url, token) as chat:
+        await chat.send(type="resume", id="j1", after_seq=3)
+        replay = await chat.stream("j1")
+        await chat.send(type="resume", id="j1", after_seq=999)
+        assert (await chat.recv())["code"] == "invalid_message"
+    assert replay == frames[3:]
+
+
+async def test_refresh_keeps_the_socket_and_expiry_closes_4401(
+    services: Services, paced_llm: FakeLLM
+) -> None:
+    async with server_with(services, token_expiry_grace_s=0.3) as server:
+        async with connect(server.ws_url, token_for("tim", ttl=2)) as chat:
+            await asyncio.sleep(1.0)
+            await chat.send(type="auth", token=token_for("tim", ttl=600))
+            assert (await chat.recv_type("ready"))["expires_at"] > 0
+            await asyncio.sleep(1.5)  # past the first token's expiry
+            await chat.send(type="ping", nonce="still")
+            assert await chat.recv() == {"type": "pong", "nonce": "still"}
+
+        async with connect(server.ws_url, token_for("tim", ttl=1)) as chat:
+            await chat.send(type="ask", id="e1", question="What is the capture point?")
+            frames, code = await _read_until_closed(chat)
+            assert code == 4401
+        expired = [f for f in frames if f["type"] == "error" and "id" not in f]
+        assert expired and expired[0]["code"] == "token_expired"
+        last = max(f["seq"] for f in frames if f.get("id") == "e1")
+        async with connect(server.ws_url, token_for("tim")) as chat:
+            await chat.send(type="resume", id="e1", after_seq=last)
+            rest = await chat.stream("e1")
+        assert rest[0]["seq"] == last + 1 and rest[-1]["type"] == "done", (
+            "its streams went on for resume"
+        )
+
+
+async def test_limits_per_connection_per_user_and_rate(
+    services: Services, paced_llm: FakeLLM
+) -> None:
+    async with server_with(services, max_streams_per_user=2, max_connections_per_user=2) as server:
+        token = token_for("lim")
+        async with connect(server.ws_url, token) as a, connect(server.ws_url, token) as b:
+            await a.send(type="ask", id="1", question="one")
+            await b.send(type="ask", id="2", question="two")
+            await a.recv_type("start")
+            await b.recv_type("start")
+            await b.send(type="ask", id="3", question="three")
+            error = await b.recv_type("error")
+            assert error["code"] == "too_many_streams" and error["id"] == "3"
+            await a.send(type="ask", id="2", question="same id as b's live stream")
+            assert (await a.recv_type("error"))["code"] == "duplicate_id"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                async with connect(server.ws_url, token) as c:
+                    await c.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
+            await a.send(type="cancel", id="1")
+            await b.send(type="cancel", id="2")
+
+    async with server_with(services, requests_per_minute=3) as server:
+        token = token_for("rate")
+        results = []
+        async with connect(server.ws_url, token) as a, connect(server.ws_url, token) as b:
+            for i in range(4):
+                chat = a if i % 2 == 0 else b
+                results.append(await chat.ask(f"q{i}", "What is a humanoid?"))
+        codes = [r[-1]["type"] if r[-1]["type"] == "done" else r[-1]["code"] for r in results]
+        if codes[-1] == "done":  # the minute turned over between requests: count again
+            pytest.skip("a minute boundary fell inside the test")
+        assert codes == ["done", "done", "done", "rate_limited"]
+        assert 0 < results[-1][-1]["retry_after"] <= 60 and results[-1][-1]["retryable"] is True
+
+    async with server_with(services, completion_tokens_per_day=100) as server:
+        async with connect(server.ws_url, token_for("quota")) as chat:
+            first = await chat.ask("u1", "What is a humanoid?")
+            assert first[-1]["usage"]["completion_tokens"] >= 100
+            second = await chat.ask("u2", "What is a humanoid?")
+        assert second[-1]["code"] == "rate_limited" and "daily" in second[-1]["message"]
+
+
+async def test_idle_connections_time_out(services: Services) -> None:
+    async with (
+        server_with(services, idle_timeout_s=1) as server,
+        connect(server.ws_url, token_for("idle")) as chat,
+    ):
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await chat.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    assert "idle" in closed.value.rcvd.reason
+
+
+async def test_peers_that_do_not_answer_pings_are_closed(services: Services) -> None:
+    async with server_with(services, ws_ping_interval_s=1, ws_ping_timeout_s=1) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /v1/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Authorization: Bearer {token_for('mute')}\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b" 101 " in head
+        received = b""
+        try:
+            async with asyncio.timeout(6):
+                while chunk := await reader.read(4096):  # never answer: no pong
+                    received += chunk
+        finally:
+            writer.close()
+        assert b"ready" in received, "the server spoke"
+        assert b"\x89" in received, "and pinged"
+
+
+async def test_a_client_that_stops_reading_is_merged_then_closed_1013(
+    services: Services, fake_llm: FakeLLM
+) -> None:
+    saved = fake_llm.config
+    fake_llm.config = FakeLLMConfig(tokens_per_answer=60_000)
+    try:
+        async with server_with(services, slow_client_s=1) as server:
+            token = token_for("sloth")
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.port))
+            async with connect(
+                server.ws_url, token, sock=sock, max_queue=1, max_size=2**24
+            ) as chat:
+                await chat.send(
+                    type="ask", id="s1", question="tell me everything about humanoid robots"
+                )
+                await chat.recv_type("start")
+                peak = 0
+                for _ in range(100):  # stop reading; watch the server's buffers meanwhile
+                    await asyncio.sleep(0.05)
+                    conns = server.services.registry.connections()
+                    if not conns:
+                        break
+                    peak = max(peak, conns[0]._buffered_chars())
+                received, code = await _read_until_closed(chat)
+            assert code == 1013
+            assert peak <= 1_000_000 + 65_536, "memory per connection stays bounded"
+            mine = [f for f in received if f.get("id") == "s1"]
+            assert any(len(f.get("text", "")) > 1000 for f in mine), (
+                "deltas were merged while it did not read"
+            )
+            assert _seqs(mine) == list(range(2, 2 + len(mine)))
+            async with connect(server.ws_url, token, max_size=2**24) as chat:
+                await chat.send(type="resume", id="s1", after_seq=mine[-1]["seq"] if mine else 1)
+                rest = await chat.stream("s1", timeout=60)
+            assert rest[-1]["type"] == "done"
+    finally:
+        fake_llm.config = saved
