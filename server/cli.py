@@ -41,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands.add_parser("migrate", help="apply database migrations")
 
+    fake = commands.add_parser(
+        "fake-llm", help="an OpenAI-compatible fake model server (serve | probe)", add_help=False
+    )
+    fake.add_argument("rest", nargs=argparse.REMAINDER)
+
     evaluate = commands.add_parser("eval-retrieval", help="score retrieval on an evaluation set")
     evaluate.add_argument("--set", type=Path, default=Path("eval/retrieval.jsonl"), dest="eval_set")
     evaluate.add_argument("--corpora", type=Path, default=Path("../shared/corpora"))
@@ -54,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
+    if args.command == "fake-llm":
+        from server.fake_llm import main as fake_main
+
+        fake_main(args.rest or ["serve"])
+        return 0
     try:
         settings = Settings.from_env()
         logging.basicConfig(

@@ -911,7 +911,7 @@ async def measure_capacity(
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m server.fake_llm serve|probe`."""
-    parser = argparse.ArgumentParser(prog="python -m server.fake_llm")
+    parser = argparse.ArgumentParser(prog="textbook-chat fake-llm")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the fake until interrupted")
     serve.add_argument("--host", default="127.0.0.1")
@@ -919,6 +919,14 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--tokens", type=int, default=40)
     serve.add_argument("--tps", type=float, default=0.0)
     serve.add_argument("--first-token-delay", type=float, default=0.0)
+    serve.add_argument(
+        "--fail-status", type=int, default=None, help="answer chat requests with this HTTP error"
+    )
+    serve.add_argument(
+        "--fail-first-n", type=int, default=None, help="only the first N requests fail"
+    )
+    serve.add_argument("--break-after", type=int, default=None, help="cut streams after N tokens")
+    serve.add_argument("--echo", action="store_true", help="answer with the last user message")
     probe = commands.add_parser("probe", help="measure paced streams one core sustains")
     probe.add_argument("--levels", default="500,1000,2000,4000")
     probe.add_argument("--tps", type=float, default=20.0)
@@ -929,6 +937,10 @@ def main(argv: list[str] | None = None) -> None:
             tokens_per_answer=args.tokens,
             tokens_per_second=args.tps,
             first_token_delay=args.first_token_delay,
+            fail_status=args.fail_status,
+            fail_first_n=args.fail_first_n,
+            break_after_tokens=args.break_after,
+            echo=args.echo,
         )
         run(args.host, args.port, config)
         return
