@@ -169,6 +169,11 @@ class Timings(msgspec.Struct, frozen=True, omit_defaults=True):
     first_token_ms: float
     total_ms: float
     retrieval_ms: float | None = None
+    embed_ms: float | None = None  # the query embedding, part of retrieval
+    search_ms: float | None = None  # the vector search, part of retrieval
+    db_ms: float | None = None  # Postgres work before the answer starts
+    model_first_chunk_ms: float | None = None  # model request sent to its first chunk
+    server_added_ms: float | None = None  # first model chunk in to first delta sent
 
 
 class Done(_Frame, frozen=True, tag="done"):

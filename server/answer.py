@@ -11,10 +11,11 @@ from typing import Any
 from protocol.frames import Ask, Delta, Done, Error, Source, Sources, Start, Timings, Usage
 from server.errors import ChatError, InternalError, NotFound, error_fields
 from server.llm import Generation
+from server.metrics import DATABASE, FIRST_DELTA, MODEL_FIRST_CHUNK, MODEL_STREAM, STREAMS
 from server.prompt import PromptSource, build_prompt
 from server.retrieval import Passage
 from server.services import Services
-from server.store import MessageOutcome
+from server.store import MessageOutcome, Turn
 from server.stream import Stream
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class AnswerRun:
         self.message_id: str | None = None
         self.retrieval_ms: float | None = None
         self.first_token_ms: float | None = None
+        self.spans: dict[str, float] = {}
 
     async def __call__(self, stream: Stream) -> None:
         try:
@@ -60,25 +62,30 @@ class AnswerRun:
             )
 
         async def retrieve() -> list[Passage]:
-            t = time.monotonic()
+            t = time.perf_counter()
             passages = await s.retriever.search(
                 ask.question,
                 selection=selection,
                 chapter_id=ask.chapter,
                 limit=s.settings.sources_per_answer,
+                spans=self.spans,
             )
-            self.retrieval_ms = (time.monotonic() - t) * 1000.0
+            self.retrieval_ms = (time.perf_counter() - t) * 1000.0
             return passages
 
-        conversation, passages = await _both(
-            s.store.open_conversation(
+        async def open_conversation() -> tuple[str, list[Turn]]:
+            t = time.perf_counter()
+            found = await s.store.open_conversation(
                 self.user_id, ask.conversation_id, ask.question, s.settings.history_messages
-            ),
-            retrieve(),
-        )
+            )
+            self.spans["db_ms"] = (time.perf_counter() - t) * 1000.0
+            return found
+
+        conversation, passages = await _both(open_conversation(), retrieve())
         conversation_id, history = conversation
         self.passages = passages
         self.message_id = str(uuid.uuid4())
+        t = time.perf_counter()
         await s.store.begin_message(
             message_id=self.message_id,
             conversation_id=conversation_id,
@@ -89,6 +96,8 @@ class AnswerRun:
             chapter_id=chapter_id,
             model=s.model.name,
         )
+        self.spans["db_ms"] += (time.perf_counter() - t) * 1000.0
+        DATABASE.observe(self.spans["db_ms"] / 1000.0)
         stream.emit(Start, message_id=self.message_id, conversation_id=conversation_id)
         stream.emit(Sources, sources=[_source(p) for p in passages])
         prompt = build_prompt(
@@ -98,11 +107,19 @@ class AnswerRun:
             page_url=ask.selection.page_url if ask.selection else None,
             history=history,
         )
+        model_started = time.perf_counter()
         async for text in s.model.stream(prompt, self.generation):
             if self.first_token_ms is None:
+                stream.first_chunk_at = time.perf_counter()
+                self.spans["model_first_chunk_ms"] = (
+                    stream.first_chunk_at - model_started
+                ) * 1000.0
+                MODEL_FIRST_CHUNK.observe(stream.first_chunk_at - model_started)
                 self.first_token_ms = stream.elapsed_ms()
+                FIRST_DELTA.labels("answer").observe(self.first_token_ms / 1000.0)
             self.pieces.append(text)
             stream.emit(Delta, text=text)
+        MODEL_STREAM.observe(time.perf_counter() - model_started)
         await self._end(stream, "complete", None)
 
     async def _end(self, stream: Stream, status: str, error: ChatError | None) -> None:
@@ -112,7 +129,12 @@ class AnswerRun:
             ),
             total_ms=round(stream.elapsed_ms(), 2),
             retrieval_ms=round(self.retrieval_ms, 2) if self.retrieval_ms is not None else None,
+            server_added_ms=round(stream.server_added_ms, 3)
+            if stream.server_added_ms is not None
+            else None,
+            **{k: round(v, 3) for k, v in self.spans.items()},
         )
+        STREAMS.labels("answer", status).inc()
         g = self.generation
         usage = (
             Usage(prompt_tokens=g.prompt_tokens or 0, completion_tokens=g.completion_tokens or 0)

@@ -18,6 +18,7 @@ from protocol import codec
 from protocol.profile import Profile
 from server.auth import Identity
 from server.errors import HTTP_STATUS, ChatError, InvalidMessage, NotFound, Unauthorized
+from server.metrics import exposition
 from server.profiles import reader_profile
 from server.services import Services
 from server.session import Connection
@@ -64,6 +65,12 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
     )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)
 
 
 async def protocol_schema(request: Request) -> Response:
@@ -151,6 +158,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/v1/protocol", protocol_schema),
+        Route("/metrics", metrics),
         Route("/v1/profile", profile, methods=["GET", "PUT"]),
         Route("/v1/conversations", conversations),
         Route("/v1/conversations/{id}/messages", conversation_messages),

@@ -25,6 +25,7 @@ from server.errors import (
 )
 from server.limits import RateLimiter
 from server.llm import ChatModel, Generation
+from server.metrics import FIRST_DELTA, STREAMS
 from server.profiles import reader_profile
 from server.rewrite import (
     Section,
@@ -217,13 +218,16 @@ class ChapterRun:
     async def __call__(self, stream: Stream) -> None:
         try:
             await self._run(stream)
+            STREAMS.labels("chapter", "complete").inc()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
             stream.emit(Done, finish_reason="cancelled", timings=self._timings(stream))
+            STREAMS.labels("chapter", "interrupted" if stream.interrupted else "cancelled").inc()
         except ChatError as exc:
             stream.emit(Error, **error_fields(exc))
+            STREAMS.labels("chapter", "failed").inc()
         except Exception:
             log.exception("chapter stream %s failed", stream.id)
             stream.emit(Error, code=InternalError.code, message="internal error", retryable=False)
@@ -326,6 +330,7 @@ class ChapterRun:
     def _delta(self, stream: Stream, text: str) -> None:
         if self.first_token_ms is None:
             self.first_token_ms = stream.elapsed_ms()
+            FIRST_DELTA.labels("chapter").observe(self.first_token_ms / 1000.0)
         stream.emit(Delta, text=text)
 
     def _timings(self, stream: Stream) -> Timings:

@@ -1,4 +1,4 @@
-"""The `textbook-chat` command: serve, ingest, migrate, token."""
+"""The `textbook-chat` command: serve, ingest, migrate, token, loadtest."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ log = logging.getLogger("textbook_chat")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["loadtest"]:
+        # Its options start with "--", which a REMAINDER positional of a subparser refuses.
+        from server.loadtest import main as loadtest_main
+
+        return loadtest_main(argv[1:])
     parser = argparse.ArgumentParser(prog="textbook-chat", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -45,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fake-llm", help="an OpenAI-compatible fake model server (serve | probe)", add_help=False
     )
     fake.add_argument("rest", nargs=argparse.REMAINDER)
+
+    loadtest = commands.add_parser(
+        "loadtest", help="drive concurrent chat sockets against a server", add_help=False
+    )
+    loadtest.add_argument("rest", nargs=argparse.REMAINDER)
 
     evaluate = commands.add_parser("eval-retrieval", help="score retrieval on an evaluation set")
     evaluate.add_argument("--set", type=Path, default=Path("eval/retrieval.jsonl"), dest="eval_set")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 from server.embeddings import Embedder
+from server.metrics import EMBEDDING, RETRIEVAL
 from server.vectorstore import Bm25Encoder, Hit, VectorStore
 
+INLINE_BM25_CHARS = 2000  # longer queries (selections) are encoded in a thread
 # Index points fetched per passage returned: a chunk's windows and the chunk itself fold together.
 CANDIDATES_PER_PASSAGE = 8
 # A passage in a chapter that matches in several places is likelier to be the answer than an
@@ -52,11 +55,20 @@ class Retriever:
         selection: str | None = None,
         chapter_id: str | None = None,
         limit: int = 6,
+        spans: dict[str, float] | None = None,
     ) -> list[Passage]:
-        """Best passages first. The selection, when given, steers retrieval together with the question."""
+        """Best passages first. The selection, when given, steers retrieval together with the question.
+
+        `spans`, when given, receives `embed_ms` and `search_ms`.
+        """
         query = f"{selection}\n{question}" if selection else question
+        started = time.perf_counter()
         dense = await self._embedder.embed_query(query)
-        indices, values = await asyncio.to_thread(self._bm25.encode_query, query)
+        embedded = time.perf_counter()
+        if len(query) > INLINE_BM25_CHARS:
+            indices, values = await asyncio.to_thread(self._bm25.encode_query, query)
+        else:  # a few microseconds: cheaper than a hop to a thread
+            indices, values = self._bm25.encode_query(query)
         hits = await self._vectors.search(
             dense=dense,
             sparse_indices=indices,
@@ -64,6 +76,12 @@ class Retriever:
             limit=limit * CANDIDATES_PER_PASSAGE,
             chapter_id=chapter_id,
         )
+        done = time.perf_counter()
+        if spans is not None:
+            spans["embed_ms"] = (embedded - started) * 1000.0
+            spans["search_ms"] = (done - embedded) * 1000.0
+        EMBEDDING.observe(embedded - started)
+        RETRIEVAL.observe(done - embedded)
         return rank_passages(hits, limit, with_neighbours=bool(selection))
 
 

@@ -42,6 +42,7 @@ from server.errors import (
     UpstreamUnavailable,
     error_fields,
 )
+from server.metrics import CONNECTIONS, ERRORS, SLOW_CLOSES
 from server.replay import StoredStream
 from server.services import Services
 from server.stream import Stream
@@ -53,6 +54,7 @@ ABUSE_WINDOW_S = 10.0
 ABUSE_LIMIT = 50  # invalid frames per window before 1008
 CONTROL_FRAMES = 64  # queued pongs and errors before the peer counts as flooding
 MAX_BUFFERED_CHARS = 1_000_000  # text waiting for a slow reader, across its streams
+_DELTA = b'{"type":"delta"'
 
 
 class Connection:
@@ -85,6 +87,7 @@ class Connection:
             return
         header = self.ws.headers.get("authorization", "")
         await self.ws.accept()
+        CONNECTIONS.inc()
         writer = asyncio.create_task(self._write_loop(), name=f"writer:{self.session_id}")
         try:
             if await self._authenticate(header):
@@ -103,6 +106,7 @@ class Connection:
             except TimeoutError:
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
+            CONNECTIONS.dec()
 
     def _release_streams(self) -> None:
         """The socket is gone: its streams go on for a while, waiting for a resume."""
@@ -358,8 +362,16 @@ class Connection:
         """A stream has frames for this socket."""
         self._ready[id(stream)] = stream
         self._wake.set()
+        if (
+            isinstance(stream, Stream)
+            and stream.buffered_chars()
+            and self._buffered_chars() > MAX_BUFFERED_CHARS
+        ):
+            self._too_slow("the client reads too slowly")
 
     def _send_control(self, frame: Any) -> None:
+        if isinstance(frame, Error):
+            ERRORS.labels(frame.code.value).inc()
         if len(self._control) >= CONTROL_FRAMES:
             self.close(CloseCode.POLICY_VIOLATION, "too many frames without reading the answers")
             return
@@ -375,9 +387,9 @@ class Connection:
             self._close_request = (code, reason[:120])
             self._wake.set()
 
-    def _next(self) -> bytes | None:
+    def _next(self) -> tuple[bytes, Stream | StoredStream | None] | None:
         if self._control:
-            return self._control.popleft()
+            return self._control.popleft(), None
         if self._close_request is not None:
             return None
         while self._ready:
@@ -389,15 +401,15 @@ class Connection:
             if stream.has_output():
                 self._ready[key] = stream  # round robin between streams
             if data is not None:
-                return data
+                return data, stream
         return None
 
     async def _write_loop(self) -> None:
         ws = self.ws
         try:
             while True:
-                data = self._next()
-                if data is None:
+                item = self._next()
+                if item is None:
                     if self._close_request is not None:
                         code, reason = self._close_request
                         await asyncio.wait_for(ws.close(code=code, reason=reason), timeout=2.0)
@@ -405,6 +417,7 @@ class Connection:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                data, source = item
                 try:
                     await asyncio.wait_for(
                         ws.send({"type": "websocket.send", "text": data.decode()}),
@@ -413,8 +426,8 @@ class Connection:
                 except TimeoutError:
                     self._too_slow("the client stopped reading")
                     continue
-                if self._buffered_chars() > MAX_BUFFERED_CHARS:
-                    self._too_slow("the client reads too slowly")
+                if isinstance(source, Stream) and data.startswith(_DELTA):
+                    source.sent_delta(time.perf_counter())
         except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
             self._close_request = self._close_request or (CloseCode.NORMAL, "")
 
@@ -423,6 +436,7 @@ class Connection:
 
     def _too_slow(self, why: str) -> None:
         log.info("closing %s with 1013: %s", self.session_id, why)
+        SLOW_CLOSES.inc()
         self._control.clear()
         self._release_streams()
         self.close(CloseCode.TRY_AGAIN_LATER, why)

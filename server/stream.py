@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from protocol import codec
 from protocol.frames import Delta, Done, Error, StreamFrame
+from server.metrics import DELTA_GAP, LIVE_STREAMS, SERVER_ADDED
 
 MAX_MERGED_DELTA = 65_536  # characters in one merged delta frame
 
@@ -65,6 +66,9 @@ class Stream:
         self.finished_at: float | None = None
         self.interrupted = False  # cancelled because nobody came back for it
         self.journal = journal
+        self.first_chunk_at: float | None = None  # perf_counter when the model's first text came in
+        self.server_added_ms: float | None = None  # from then until the first delta was sent
+        self.last_delta_sent_at: float | None = None
         self._tail: deque[_Pending] = deque()
         self._tail_chars = 0
 
@@ -129,6 +133,16 @@ class Stream:
         self.cursor += 1
         return data
 
+    def sent_delta(self, now: float) -> None:
+        """The writer sent one of this stream's deltas (for latency metrics)."""
+        if self.last_delta_sent_at is None:
+            if self.first_chunk_at is not None:
+                self.server_added_ms = (now - self.first_chunk_at) * 1000.0
+                SERVER_ADDED.observe(now - self.first_chunk_at)
+        else:
+            DELTA_GAP.observe(now - self.last_delta_sent_at)
+        self.last_delta_sent_at = now
+
     def attach(self, consumer: Consumer, after_seq: int) -> None:
         """Send this stream's frames after `after_seq` to `consumer`, then the live rest."""
         self.consumer = consumer
@@ -154,9 +168,11 @@ class Stream:
         """Run `work` in the stream's own task; `on_exit` runs when it ends."""
 
         async def run() -> None:
+            LIVE_STREAMS.inc()
             try:
                 await work(self)
             finally:
+                LIVE_STREAMS.dec()
                 self.finished_at = time.monotonic()
                 on_exit(self)
 

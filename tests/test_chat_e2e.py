@@ -434,3 +434,36 @@ async def test_database_down_is_database_unavailable(services: Services, databas
     )
     assert ready.status_code == 503 and ready.json()["checks"]["database"] != "ok"
     assert history.status_code == 503 and history.json()["error"]["code"] == "database_unavailable"
+
+
+async def test_metrics_and_where_the_first_delta_time_went(
+    live: LiveServer, fake_llm: FakeLLM
+) -> None:
+    saved = fake_llm.config
+    fake_llm.config = FakeLLMConfig(tokens_per_answer=10, tokens_per_second=100)
+    try:
+        async with connect(live.ws_url, token_for("metra")) as chat:
+            frames = await chat.ask("m", "What is the zero-moment point?")
+    finally:
+        fake_llm.config = saved
+    timings = frames[-1]["timings"]
+    for span in ("embed_ms", "search_ms", "db_ms", "model_first_chunk_ms", "server_added_ms"):
+        assert timings[span] >= 0, span
+    assert timings["retrieval_ms"] >= timings["embed_ms"]
+    async with httpx.AsyncClient(base_url=live.http_url) as http:
+        text = (await http.get("/metrics")).text
+    for name in (
+        "chat_connections_open",
+        'chat_streams_total{kind="answer",outcome="complete"}',
+        "chat_first_delta_seconds_bucket",
+        "chat_delta_gap_seconds_count",
+        "chat_model_first_chunk_seconds_count",
+        "chat_embedding_seconds_count",
+        "chat_retrieval_seconds_count",
+        "chat_database_seconds_count",
+        "chat_server_added_seconds_count",
+        "chat_errors_total",
+        "chat_outbox_merges_total",
+        "chat_slow_client_closes_total",
+    ):
+        assert name in text, name

@@ -68,7 +68,7 @@ async def _until(chat: ChatClient, sid: str, predicate: Any) -> list[dict[str, A
 async def test_two_streams_at_once_on_one_socket(live: LiveServer, paced_llm: FakeLLM) -> None:
     async with connect(live.ws_url, token_for("duo")) as chat:
         await chat.send(type="ask", id="a", question="What is the zero-moment point?")
-        await chat.send(type="chapter", id="c", chapter=CHAPTER, mode="translate", language="de")
+        await chat.send(type="chapter", id="c", chapter=CHAPTER, mode="translate", language="pt")
         streams: dict[str, list[dict[str, Any]]] = {"a": [], "c": []}
         order = []
         while not all(s and s[-1]["type"] in ("done", "error") for s in streams.values()):
