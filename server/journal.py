@@ -16,7 +16,7 @@ from server.stream import Stream
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL_S = 0.05
+FLUSH_INTERVAL_S = 0.2
 MAX_BUFFERED_FRAMES = 200_000
 PRUNE_INTERVAL_S = 60.0
 ABANDONED_S = 3600.0  # an unfinished stream nobody wrote to for an hour lost its process

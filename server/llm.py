@@ -35,8 +35,9 @@ class ChatModel(Protocol):
 
 
 # The SDK (on httpx2) raises its transport's errors unwrapped while a raw stream is read.
-# The SDK's per-chunk pydantic models cost ~110 µs each; we keep the SDK as the transport
-# (base URL, auth, retries, status errors) and decode the SSE lines ourselves.
+# The SDK's per-chunk pydantic models cost ~110 µs each and its line iterator decodes text we only
+# need as bytes; we keep the SDK as the transport (base URL, auth, retries, status errors) and
+# read the raw SSE bytes ourselves.
 class _DeltaContent(msgspec.Struct):
     content: str | None = None
 
@@ -58,6 +59,19 @@ class _Chunk(msgspec.Struct):
 
 
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
+
+
+async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The `data:` payloads of a server-sent event stream, as bytes (one per data line)."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
+    if pending.startswith(b"data:"):
+        yield pending[5:].strip()
 
 
 class OpenAIChatModel:
@@ -82,11 +96,8 @@ class OpenAIChatModel:
                 max_tokens=self._max_tokens,
                 temperature=self._temperature,
             ) as response:
-                async for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                async for data in sse_data(response.http_response.aiter_bytes()):
+                    if data == b"[DONE]":
                         break
                     try:
                         chunk = _chunk_decoder.decode(data)

@@ -391,6 +391,7 @@ class _Run:
                 rec.cut += 1
             else:
                 rec.stream_failed(now, "timeout")
+                rec.dropped["stream_timeout"] += 1
             return False  # its frames may still come; a fresh stream would mistake them
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else 1006
@@ -455,7 +456,12 @@ async def _token_from_command(command: str, user: str, limit: asyncio.Semaphore)
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await process.communicate()
+        try:
+            out, err = await process.communicate()
+        except asyncio.CancelledError:  # another user's command failed: leave no process behind
+            process.kill()
+            await process.wait()
+            raise
     token = out.decode().strip()
     if process.returncode != 0 or not token:
         detail = err.decode(errors="replace").strip()[-200:]
@@ -482,9 +488,14 @@ async def tokens_for(config: LoadConfig) -> list[str]:
     if config.token_command is None:
         return await asyncio.to_thread(_mint_all, config, users)
     limit = asyncio.Semaphore(8)
-    return list(
-        await asyncio.gather(*(_token_from_command(config.token_command, u, limit) for u in users))
-    )
+    tasks = [
+        asyncio.create_task(_token_from_command(config.token_command, u, limit)) for u in users
+    ]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def run_load(
@@ -515,7 +526,7 @@ async def run_load(
         run.rec,
         url=config.url,
         started_at=started_at,
-        duration_s=config.duration,
+        duration_s=run.end_at - run.t0,  # shorter when `stop` ended the run early
         ramp_s=config.ramp,
         wall_s=wall_s,
         cpu_s=cpu_s,

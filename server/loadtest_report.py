@@ -134,7 +134,7 @@ class Bucket(msgspec.Struct, frozen=True):
 
 
 class Connections(msgspec.Struct, frozen=True):
-    """Sockets: opened, refused before `ready` (by reason), closed by the server during the run."""
+    """Sockets: opened, refused before `ready`, ended early (close code, or `stream_timeout`)."""
 
     target: int
     opened: int
@@ -237,7 +237,7 @@ class LoadReport(msgspec.Struct, frozen=True, kw_only=True):
         """The report for people, a few lines."""
         c, s, t = self.connections, self.streams, self.throughput
         lines = [
-            f"connections: {c.opened}/{c.target} opened, failed {_counts(c.failed)}, dropped by the server {_counts(c.dropped)}; connect+ready ms {_q(c.connect_ms)}",
+            f"connections: {c.opened}/{c.target} opened, failed {_counts(c.failed)}, ended early {_counts(c.dropped)}; connect+ready ms {_q(c.connect_ms)}",
             f"streams: {s.ok} ok, failed {_counts(s.failed)}, {s.cut_at_end} cut at the end, {s.cached} cached; sent {_counts(s.sent_by_kind)}",
             f"time to first delta ms: {_q(self.ttfd_ms)}",
             *(f"  {kind}: {_q(q)}" for kind, q in self.ttfd_ms_by_kind.items() if q.count),

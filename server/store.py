@@ -405,7 +405,9 @@ class Store:
                 )  # fmt: skip
             if frames:
                 await conn.copy_records_to_table(
-                    "stream_frames", records=frames, columns=("stream_key", "seq", "frame")
+                    "stream_frames",
+                    records=_runs(frames),
+                    columns=("stream_key", "first_seq", "last_seq", "frames"),
                 )
             if progress:
                 await conn.executemany(
@@ -430,11 +432,18 @@ class Store:
         """Stored frames of one stream after `after_seq`, in order."""
         async with self._conn() as conn:
             rows = await conn.fetch(
-                "SELECT seq, frame FROM stream_frames WHERE stream_key = $1 AND seq > $2 ORDER BY seq",
+                "SELECT first_seq, frames FROM stream_frames WHERE stream_key = $1 AND last_seq > $2"
+                " ORDER BY first_seq",
                 key,
                 after_seq,
             )
-        return [(r["seq"], r["frame"]) for r in rows]
+        out = []
+        for row in rows:
+            for offset, frame in enumerate(row["frames"].split("\n")):
+                seq = row["first_seq"] + offset
+                if seq > after_seq:
+                    out.append((seq, frame))
+        return out
 
     async def prune_streams(self, finished_age_s: float, abandoned_age_s: float) -> int:
         """Forget finished streams older than `finished_age_s` and unfinished ones nobody updated."""
@@ -488,6 +497,22 @@ class Store:
             await conn.execute(
                 "DELETE FROM rate_windows WHERE window_start < now() - interval '5 minutes'"
             )
+
+
+def _runs(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, int, str]]:
+    """Consecutive frames of each stream as (key, first_seq, last_seq, frames joined by newlines)."""
+    runs: list[tuple[str, int, int, str]] = []
+    by_key: dict[str, list[tuple[int, str]]] = {}
+    for key, seq, frame in frames:
+        by_key.setdefault(key, []).append((seq, frame))
+    for key, items in by_key.items():
+        start = 0
+        for i in range(1, len(items) + 1):
+            if i == len(items) or items[i][0] != items[i - 1][0] + 1:
+                run = items[start:i]
+                runs.append((key, run[0][0], run[-1][0], "\n".join(f for _, f in run)))
+                start = i
+    return runs
 
 
 def _migration_files(directory: Path) -> list[tuple[int, Path]]:

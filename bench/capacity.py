@@ -1,0 +1,327 @@
+"""Benchmark: the most concurrent 20 tokens/s streams each target carries with the p99 gap between
+deltas <= 100 ms — the full server against two minimal relays, on the same fake model, in one run.
+
+Run: .venv/bin/python -m bench.capacity [--levels 50,100,150,200,300,400,600,800,1000]
+         [--targets full,sdk,raw] [--step 5] [--gap-limit 100] [--tokens 100] [--tps 20] [--no-pin]
+
+Load comes from `server.loadtest.run_load` (ask 80% / selection 20%, each socket asking again as
+soon as its stream ends). The stream count steps up without a pause: each level adds sockets in a
+new run_load, every run ends together, so a target never drains between levels. Gaps are taken
+only from each level's steady window (from `settle` s after the step began to its end). A target
+stops stepping once it delivers under 75% of the deltas its level should get. Prints a table per
+target and the capacity ratios full/sdk and full/raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from bench.harness import (
+    JWT_SECRET,
+    Cores,
+    CpuMeter,
+    Target,
+    chat_server,
+    fake_model,
+    fmt,
+    machine_line,
+    pct,
+    pin_self,
+    raise_fd_limit,
+    relay,
+    run,
+    split_cores,
+    table,
+)
+from server.loadtest import LoadConfig, Snapshot, run_load
+from server.loadtest_report import LoadReport, histogram_percentile
+
+DEFAULT_LEVELS = (50, 100, 150, 200, 300, 400, 600, 800, 1000)
+OVERLOAD_DELIVERY = 0.75  # below this share of the expected deltas/s the target is past capacity
+CLIENT_BUSY = (
+    0.9  # fake + load generator CPU on their core(s) beyond which gaps may be the client's
+)
+
+
+@dataclasses.dataclass(slots=True)
+class Level:
+    """One step of the ramp: its stream count, its steady window and what was measured in it."""
+
+    streams: int
+    window: tuple[float, float]  # seconds after the ramp began
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)
+    loop_lag_p99_ms: float | None = None
+    gap_p50_ms: float | None = None
+    gap_p99_ms: float | None = None
+    gaps: int = 0
+    ttfd_p99_ms: float | None = None
+    deltas_per_s: float = 0.0
+    failed: int = 0
+
+    def passes(self, gap_limit_ms: float, tps: float) -> bool:
+        """Gap p99 within the limit, nothing failed, and (nearly) every delta delivered."""
+        return (
+            self.gap_p99_ms is not None
+            and self.gap_p99_ms <= gap_limit_ms
+            and self.failed == 0
+            and self.deltas_per_s >= 0.9 * self.streams * tps
+        )
+
+    def client_busy(self, client_cores: int) -> bool:
+        """The fake model and load generator were near the limit of their cores."""
+        return self.cpu.get("fake", 0) + self.cpu.get("loadgen", 0) >= CLIENT_BUSY * client_cores
+
+
+class PostgresMeter:
+    """CPU of every local `postgres` process (the server's database is not pinned)."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, float] = {}
+        self._at = time.monotonic()
+        self.read()
+
+    def read(self) -> float:
+        """Their summed share of one core since the last reading."""
+        now, total = time.monotonic(), 0.0
+        seen: dict[int, float] = {}
+        for proc in psutil.process_iter(["name", "cpu_times"]):
+            if proc.info["name"] != "postgres" or proc.info["cpu_times"] is None:
+                continue
+            cpu = float(proc.info["cpu_times"].user + proc.info["cpu_times"].system)
+            seen[proc.pid] = cpu
+            total += cpu - self._last.get(proc.pid, cpu)
+        share = total / max(now - self._at, 1e-9)
+        self._last, self._at = seen, now
+        return share
+
+
+class LagProbe:
+    """This process's event loop lag, sampled every 20 ms, kept with timestamps."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+
+    async def run(self) -> None:
+        """Sample until cancelled."""
+        while True:
+            expected = time.perf_counter() + 0.02
+            await asyncio.sleep(0.02)
+            now = time.perf_counter()
+            self.samples.append((now, max(0.0, now - expected)))
+
+    def p99_ms(self, start: float, end: float) -> float | None:
+        """p99 lag in [start, end) (perf_counter seconds)."""
+        return pct([lag * 1000 for at, lag in self.samples if start <= at < end], 99)
+
+
+async def ramp_target(
+    target: Target,
+    fake_pid: int,
+    levels: tuple[int, ...],
+    *,
+    step_s: float,
+    settle_s: float,
+    tps: float,
+) -> list[Level]:
+    """Step the stream count up against one target; measure each level's steady window."""
+    stop = asyncio.Event()
+    meter = CpuMeter({"target": target.pid, "fake": fake_pid, "loadgen": os.getpid()})
+    postgres = PostgresMeter()
+    lag = LagProbe()
+    lag_task = asyncio.create_task(lag.run())
+    latest_rate: dict[int, float] = {}
+    total = step_s * len(levels)
+    began_wall, began = time.time(), time.perf_counter()
+    runs: list[asyncio.Task[LoadReport]] = []
+    measured: list[Level] = []
+    previous = 0
+    try:
+        for i, streams in enumerate(levels):
+            await asyncio.sleep(max(0.0, began + i * step_s - time.perf_counter()))
+
+            def progress(snapshot: Snapshot, index: int = i) -> None:
+                latest_rate[index] = snapshot.deltas_per_s
+
+            config = LoadConfig(
+                url=target.ws_url,
+                connections=streams - previous,
+                duration=total - i * step_s,
+                ramp=min(1.0, settle_s / 2),
+                secret=JWT_SECRET,
+                user_prefix=f"cap{i}-",
+                grace=15.0,
+                stream_timeout=60.0,
+                seed=i,
+            )
+            runs.append(asyncio.create_task(run_load(config, progress=progress, stop=stop)))
+            previous = streams
+            level = Level(streams, (i * step_s + settle_s, (i + 1) * step_s))
+            await asyncio.sleep(max(0.0, began + level.window[0] - time.perf_counter()))
+            meter.reset()
+            postgres.read()
+            await asyncio.sleep(max(0.0, began + level.window[1] - time.perf_counter()))
+            level.cpu = meter.read()
+            level.cpu["postgres"] = postgres.read()
+            level.loop_lag_p99_ms = lag.p99_ms(began + level.window[0], began + level.window[1])
+            measured.append(level)
+            if sum(latest_rate.values()) < OVERLOAD_DELIVERY * streams * tps:
+                break  # clearly past capacity: more sockets only prolong the run
+        stop.set()
+        reports = await asyncio.gather(*runs)
+    finally:
+        stop.set()
+        lag_task.cancel()
+        await asyncio.gather(lag_task, *runs, return_exceptions=True)
+    for level in measured:
+        _fill(level, reports, began_wall)
+    violations = sum(sum(r.violations.values()) for r in reports)
+    if violations:
+        examples = [e for r in reports for e in r.violation_examples][:5]
+        print(f"  {target.name}: {violations} contract violations, e.g. {examples}")
+    return measured
+
+
+def _fill(level: Level, reports: list[LoadReport], began_wall: float) -> None:
+    """Gap and TTFD percentiles, delivery and failures of a level's window, over every run."""
+    gaps: dict[int, int] = {}
+    ttfds: list[float] = []
+    deltas = failed = 0
+    start, end = level.window
+    for report in reports:
+        offset = report.started_at - began_wall  # this run's second 0, in ramp time
+        first, last = round(start - offset), round(end - offset)
+        if last <= 0:
+            continue
+        for b, n in report.gaps_between(first, last).items():
+            gaps[b] = gaps.get(b, 0) + n
+        ttfds.extend(report.ttfds_between(first, last))
+        for bucket in report.timeline:
+            if first <= bucket.second < last:
+                deltas += bucket.deltas
+                failed += bucket.streams_failed
+    level.gaps = sum(gaps.values())
+    level.gap_p50_ms = histogram_percentile(gaps, 50)
+    level.gap_p99_ms = histogram_percentile(gaps, 99)
+    level.ttfd_p99_ms = pct(ttfds, 99)
+    level.deltas_per_s = deltas / max(end - start, 1e-9)
+    level.failed = failed
+
+
+def capacity(levels: list[Level], gap_limit_ms: float, tps: float) -> int | None:
+    """The largest passing level below the first failing one."""
+    best = None
+    for level in levels:
+        if not level.passes(gap_limit_ms, tps):
+            break
+        best = level.streams
+    return best
+
+
+def print_levels(
+    name: str, levels: list[Level], gap_limit: float, tps: float, cores: Cores
+) -> None:
+    """The table of one target."""
+    rows = []
+    for lv in levels:
+        verdict = "ok" if lv.passes(gap_limit, tps) else "FAIL"
+        if lv.client_busy(len(cores.client)):
+            verdict += " (client core busy)"
+        rows.append(
+            [
+                lv.streams,
+                fmt(lv.gap_p50_ms),
+                fmt(lv.gap_p99_ms),
+                fmt(lv.ttfd_p99_ms, 0),
+                f"{lv.deltas_per_s:,.0f}/{lv.streams * tps:,.0f}",
+                lv.failed,
+                f"{lv.cpu.get('target', 0):.0%}",
+                f"{lv.cpu.get('fake', 0):.0%}",
+                f"{lv.cpu.get('loadgen', 0):.0%}",
+                f"{lv.cpu.get('postgres', 0):.0%}",
+                fmt(lv.loop_lag_p99_ms),
+                verdict,
+            ]
+        )
+    headers = [
+        "streams",
+        "gap p50",
+        "gap p99",
+        "ttfd p99",
+        "deltas/s got/due",
+        "failed",
+        "target cpu",
+        "fake cpu",
+        "loadgen cpu",
+        "pg cpu",
+        "lag p99",
+        "verdict",
+    ]
+    print(f"\n{name} (ms; cpu as share of one core; lag = load generator's event loop)")
+    print(table(headers, rows))
+
+
+async def main(args: argparse.Namespace) -> None:
+    levels = tuple(int(n) for n in args.levels.split(","))
+    cores = split_cores(not args.no_pin)
+    pin_self(cores.client)
+    raise_fd_limit(max(levels) * 2 + 1024)
+    print(
+        f"capacity at {args.tps:g} tokens/s, {args.tokens} tokens per answer; gap limit p99 <= {args.gap_limit:g} ms"
+    )
+    print(f"{cores.describe()}; Postgres unpinned; {machine_line()}")
+    print(
+        f"levels {levels}, {args.step:g} s each, steady window from {args.settle:g} s into each step"
+    )
+    results: dict[str, int | None] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-capacity-") as tmp:
+        log_dir = Path(tmp)
+        async with fake_model(cores.client, log_dir, tokens=args.tokens, tps=args.tps) as (
+            model_url,
+            fake,
+        ):
+            for name in args.targets.split(","):
+                if name == "full":
+                    target_cm = chat_server(model_url, cores.target, log_dir)
+                else:
+                    target_cm = relay(name, model_url, cores.target, log_dir)
+                async with target_cm as target:
+                    measured = await ramp_target(
+                        target,
+                        fake.pid,
+                        levels,
+                        step_s=args.step,
+                        settle_s=args.settle,
+                        tps=args.tps,
+                    )
+                print_levels(target.name, measured, args.gap_limit, args.tps, cores)
+                results[name] = capacity(measured, args.gap_limit, args.tps)
+    print("\ncapacity (most streams with gap p99 within the limit):")
+    print(
+        table(["target", "streams"], [[n, "none" if c is None else c] for n, c in results.items()])
+    )
+    full = results.get("full")
+    for other in ("sdk", "raw"):
+        if full is not None and results.get(other):
+            print(f"full/{other}: {full / results[other]:.2f}")  # type: ignore[operator]
+    print("--workers 2: `textbook-chat serve` has no --workers option yet; not measured")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", default=",".join(str(n) for n in DEFAULT_LEVELS))
+    parser.add_argument("--targets", default="full,sdk,raw")
+    parser.add_argument("--step", type=float, default=5.0, help="seconds per level")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds before a level's window")
+    parser.add_argument("--gap-limit", type=float, default=100.0, help="p99 gap limit, ms")
+    parser.add_argument("--tokens", type=int, default=100)
+    parser.add_argument("--tps", type=float, default=20.0)
+    parser.add_argument("--no-pin", action="store_true", help="let every process use every CPU")
+    run(main(parser.parse_args()))

@@ -1,0 +1,359 @@
+"""What every benchmark needs: pinned child processes (server, relays, fake model), a scratch
+database, percentiles and tables."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import resource
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+import numpy as np
+import psutil
+
+ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+JWT_SECRET = "bench-secret-" + "x" * 40
+READY_TIMEOUT_S = 240.0  # the first start of a server ingests the sample book
+T = TypeVar("T")
+
+
+# ---- cores and limits ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cores:
+    """Which CPUs the target under test gets, and which the fake model and the load generator share."""
+
+    target: frozenset[int]
+    client: frozenset[int]
+
+    def describe(self) -> str:
+        """One line for the benchmark's header."""
+        return f"target on CPU {_cpus(self.target)}; fake model + load generator on CPU {_cpus(self.client)}"
+
+
+def _cpus(cpus: frozenset[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def split_cores(pin: bool = True) -> Cores:
+    """The lowest CPU for the target, the rest for the clients (all of them when there is one)."""
+    available = frozenset(os.sched_getaffinity(0))
+    if not pin or len(available) < 2:
+        return Cores(available, available)
+    target = frozenset({min(available)})
+    return Cores(target, available - target)
+
+
+def pin_self(cpus: frozenset[int]) -> None:
+    """Pin this process (threads started from now on inherit it)."""
+    os.sched_setaffinity(0, cpus)
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft open-files limit toward `wanted` (children inherit it); returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a benchmark's main coroutine on uvloop, as the server and the load tester do."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# ---- child processes -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class Child:
+    """A subprocess started pinned to some CPUs; its output goes to a log file."""
+
+    name: str
+    process: asyncio.subprocess.Process
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.process.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of its output, for error messages."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+        if self.process.returncode is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout=15)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def spawn(
+    name: str, argv: Sequence[str], *, cpus: frozenset[int], env: dict[str, str], log_dir: Path
+) -> Child:
+    """Start argv under `taskset`, so every thread it ever starts stays on `cpus`."""
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            "taskset",
+            "-c",
+            _cpus(cpus),
+            *argv,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+    return Child(name, process, log)
+
+
+async def wait_http_ok(child: Child, url: str, timeout: float = READY_TIMEOUT_S) -> None:  # noqa: ASYNC109
+    """Poll `url` until it answers 200; fail with the child's log if it exits first."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=3.0) as http:
+        while time.monotonic() < deadline:
+            if child.process.returncode is not None:
+                raise RuntimeError(
+                    f"{child.name} exited {child.process.returncode}:\n{child.log_tail()}"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get(url)).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{child.name} not ready at {url} within {timeout} s:\n{child.log_tail()}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    """Something speaking the chat protocol on a port."""
+
+    name: str
+    port: int
+    pid: int
+
+    @property
+    def ws_url(self) -> str:
+        """The chat socket."""
+        return f"ws://127.0.0.1:{self.port}/v1/chat"
+
+
+@contextlib.asynccontextmanager
+async def fake_model(
+    cpus: frozenset[int],
+    log_dir: Path,
+    *,
+    tokens: int = 100,
+    tps: float = 20.0,
+    first_token_delay: float = 0.0,
+) -> AsyncIterator[tuple[str, Child]]:
+    """`textbook-chat fake-llm serve` in a pinned subprocess; yields its base URL."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "server.fake_llm",
+        "serve",
+        "--port",
+        str(port),
+        "--tokens",
+        str(tokens),
+        "--tps",
+        str(tps),
+        "--first-token-delay",
+        str(first_token_delay),
+    ]
+    child = await spawn("fake-llm", argv, cpus=cpus, env=dict(os.environ), log_dir=log_dir)
+    try:
+        base_url = f"http://127.0.0.1:{port}/v1"
+        await wait_http_ok(child, f"{base_url}/models", timeout=30)
+        yield base_url, child
+    finally:
+        await child.stop()
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(prefix: str = "bench") -> AsyncIterator[str]:
+    """A new empty database on the local Postgres, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(5)}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def server_env(model_url: str, data_dir: Path, database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a full server for benchmarks: no rate limits, no per-user caps."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": JWT_SECRET,
+        "OPENAI_BASE_URL": model_url,
+        "OPENAI_API_KEY": "bench",
+        "DATA_DIR": str(data_dir),
+        "REQUESTS_PER_MINUTE": "0",
+        "COMPLETION_TOKENS_PER_DAY": "0",
+        "MAX_STREAMS_PER_USER": "4096",
+        "MAX_CONNECTIONS_PER_USER": "4096",
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+@contextlib.asynccontextmanager
+async def chat_server(
+    model_url: str, cpus: frozenset[int], log_dir: Path, **extra_env: str
+) -> AsyncIterator[Target]:
+    """The full server (`textbook-chat serve`) on a scratch database and data dir, pinned."""
+    port = free_port()
+    async with scratch_database() as dsn:
+        with tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
+            env = server_env(model_url, Path(data_dir), dsn, **extra_env)
+            argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+            child = await spawn("server", argv, cpus=cpus, env=env, log_dir=log_dir)
+            try:
+                await wait_http_ok(child, f"http://127.0.0.1:{port}/readyz")
+                yield Target("full server", port, child.pid)
+            finally:
+                await child.stop()
+
+
+@contextlib.asynccontextmanager
+async def relay(
+    kind: str, model_url: str, cpus: frozenset[int], log_dir: Path
+) -> AsyncIterator[Target]:
+    """`python -m bench.relays KIND` in a pinned subprocess."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.relays",
+        kind,
+        "--port",
+        str(port),
+        "--model-url",
+        model_url,
+    ]
+    child = await spawn(f"relay-{kind}", argv, cpus=cpus, env=dict(os.environ), log_dir=log_dir)
+    try:
+        await wait_http_ok(child, f"http://127.0.0.1:{port}/healthz", timeout=30)
+        yield Target(f"{kind} relay", port, child.pid)
+    finally:
+        await child.stop()
+
+
+# ---- measuring -----------------------------------------------------------------------------
+
+
+class CpuMeter:
+    """CPU time of some processes between two readings, as a fraction of one core."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._last: dict[str, float] = {}
+        self._at = 0.0
+        self.reset()
+
+    def _cpu(self, process: psutil.Process) -> float:
+        times = process.cpu_times()
+        # children: the server's own helpers; taskset execs in place, so pid is the real process
+        return float(times.user + times.system)
+
+    def reset(self) -> None:
+        """Start a new interval."""
+        self._last = {name: self._cpu(p) for name, p in self._processes.items()}
+        self._at = time.monotonic()
+
+    def read(self) -> dict[str, float]:
+        """Each process's share of one core since the last reading; starts the next interval."""
+        now = time.monotonic()
+        wall = max(now - self._at, 1e-9)
+        current = {name: self._cpu(p) for name, p in self._processes.items()}
+        shares = {name: (current[name] - self._last[name]) / wall for name in current}
+        self._last, self._at = current, now
+        return shares
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """Resident and unique (USS) memory of a process, in MiB."""
+    info = psutil.Process(pid).memory_full_info()
+    return info.rss / 2**20, info.uss / 2**20
+
+
+def pct(values: Sequence[float] | np.ndarray[Any, Any], q: float) -> float | None:
+    """The q-th percentile (0–100), None when there are no values."""
+    if len(values) == 0:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A number for a table cell; `-` for none."""
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """a / b as `2.5x`; `-` when either is missing or b is zero."""
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain text table: the first column left-aligned, the rest right-aligned."""
+    cells = [[str(h) for h in headers], *([str(c) for c in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    """CPU count and the load average, so a noisy run shows as one."""
+    load = os.getloadavg()
+    return f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start"

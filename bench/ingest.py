@@ -1,0 +1,4 @@
+"""Placeholder.
+
+Run: x
+"""

@@ -1,0 +1,37 @@
+"""Smoke test of the benchmarks: the modules import, and each relay carries one full stream."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from bench.relays import create_relay_app
+from server.fake_llm import FakeLLM, expected_reply
+from tests.chat_client import connect, deltas
+from tests.conftest import AppServer
+
+RUNNABLE = ("relays", "capacity", "first_delta", "memory", "cancel", "ingest")
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_benchmark_imports_and_says_how_to_run_it(name: str) -> None:
+    module = importlib.import_module(f"bench.{name}")
+    assert module.__doc__ is not None and f"-m bench.{name}" in module.__doc__
+
+
+@pytest.mark.parametrize("kind", ["sdk", "raw"])
+async def test_relay_carries_one_full_stream(kind: str, fake_llm: FakeLLM) -> None:
+    question = "How does a relay pass tokens along?"
+    async with AppServer(create_relay_app(kind, fake_llm.base_url)) as server:  # type: ignore[arg-type]
+        url = f"ws://127.0.0.1:{server.port}/v1/chat"
+        async with connect(url, token="ignored-by-the-relay") as chat:
+            frames = await chat.ask("s1", question)
+    kinds = [f["type"] for f in frames]
+    assert kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) == {"delta"}
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    assert deltas(frames) == expected_reply(question, fake_llm.config)
+    done = frames[-1]
+    assert done["finish_reason"] == "stop"
+    assert done["usage"]["completion_tokens"] == fake_llm.config.tokens_per_answer
+    assert done["timings"]["model_first_chunk_ms"] >= 0
