@@ -56,7 +56,8 @@ class Level:
     """One step of the ramp: its stream count, its steady window and what was measured in it."""
 
     streams: int
-    window: tuple[float, float]  # seconds after the ramp began
+    step: tuple[float, float]  # seconds after the ramp began: when the level's sockets opened
+    window: tuple[float, float]  # its steady part, where gaps are measured
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)
     loop_lag_p99_ms: float | None = None
     gap_p50_ms: float | None = None
@@ -103,6 +104,25 @@ class PostgresMeter:
         return share
 
 
+class MachineMeter:
+    """CPU busy time of the whole machine, to tell what ran besides this benchmark."""
+
+    def __init__(self) -> None:
+        self._busy, self._at = self._now(), time.monotonic()
+
+    @staticmethod
+    def _now() -> float:
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+    def read(self) -> float:
+        """Busy cores since the last reading."""
+        busy, now = self._now(), time.monotonic()
+        share = (busy - self._busy) / max(now - self._at, 1e-9)
+        self._busy, self._at = busy, now
+        return share
+
+
 class LagProbe:
     """This process's event loop lag, sampled every 20 ms, kept with timestamps."""
 
@@ -129,12 +149,14 @@ async def ramp_target(
     *,
     step_s: float,
     settle_s: float,
+    ramp_s: float,
     tps: float,
 ) -> list[Level]:
     """Step the stream count up against one target; measure each level's steady window."""
     stop = asyncio.Event()
     meter = CpuMeter({"target": target.pid, "fake": fake_pid, "loadgen": os.getpid()})
     postgres = PostgresMeter()
+    machine = MachineMeter()
     lag = LagProbe()
     lag_task = asyncio.create_task(lag.run())
     latest_rate: dict[int, float] = {}
@@ -154,7 +176,7 @@ async def ramp_target(
                 url=target.ws_url,
                 connections=streams - previous,
                 duration=total - i * step_s,
-                ramp=min(1.0, settle_s / 2),
+                ramp=ramp_s,
                 secret=JWT_SECRET,
                 user_prefix=f"cap{i}-",
                 grace=15.0,
@@ -163,13 +185,17 @@ async def ramp_target(
             )
             runs.append(asyncio.create_task(run_load(config, progress=progress, stop=stop)))
             previous = streams
-            level = Level(streams, (i * step_s + settle_s, (i + 1) * step_s))
+            level = Level(
+                streams, (i * step_s, (i + 1) * step_s), (i * step_s + settle_s, (i + 1) * step_s)
+            )
             await asyncio.sleep(max(0.0, began + level.window[0] - time.perf_counter()))
             meter.reset()
             postgres.read()
+            machine.read()
             await asyncio.sleep(max(0.0, began + level.window[1] - time.perf_counter()))
             level.cpu = meter.read()
             level.cpu["postgres"] = postgres.read()
+            level.cpu["other"] = max(0.0, machine.read() - sum(level.cpu.values()))
             level.loop_lag_p99_ms = lag.p99_ms(began + level.window[0], began + level.window[1])
             measured.append(level)
             if sum(latest_rate.values()) < OVERLOAD_DELIVERY * streams * tps:
@@ -202,7 +228,8 @@ def _fill(level: Level, reports: list[LoadReport], began_wall: float) -> None:
             continue
         for b, n in report.gaps_between(first, last).items():
             gaps[b] = gaps.get(b, 0) + n
-        ttfds.extend(report.ttfds_between(first, last))
+        # first deltas cluster where sockets open: TTFD is taken over the whole step
+        ttfds.extend(report.ttfds_between(level.step[0] - offset, level.step[1] - offset))
         for bucket in report.timeline:
             if first <= bucket.second < last:
                 deltas += bucket.deltas
@@ -246,6 +273,7 @@ def print_levels(
                 f"{lv.cpu.get('fake', 0):.0%}",
                 f"{lv.cpu.get('loadgen', 0):.0%}",
                 f"{lv.cpu.get('postgres', 0):.0%}",
+                f"{lv.cpu.get('other', 0):.0%}",
                 fmt(lv.loop_lag_p99_ms),
                 verdict,
             ]
@@ -261,10 +289,14 @@ def print_levels(
         "fake cpu",
         "loadgen cpu",
         "pg cpu",
+        "other cpu",
         "lag p99",
         "verdict",
     ]
-    print(f"\n{name} (ms; cpu as share of one core; lag = load generator's event loop)")
+    print(
+        f"\n{name} (ms; cpu as share of one core; pg = every postgres process; other = the rest"
+        " of the machine; lag = load generator's event loop)"
+    )
     print(table(headers, rows))
 
 
@@ -299,6 +331,7 @@ async def main(args: argparse.Namespace) -> None:
                         levels,
                         step_s=args.step,
                         settle_s=args.settle,
+                        ramp_s=args.ramp,
                         tps=args.tps,
                     )
                 print_levels(target.name, measured, args.gap_limit, args.tps, cores)
@@ -318,8 +351,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default=",".join(str(n) for n in DEFAULT_LEVELS))
     parser.add_argument("--targets", default="full,sdk,raw")
-    parser.add_argument("--step", type=float, default=5.0, help="seconds per level")
-    parser.add_argument("--settle", type=float, default=2.0, help="seconds before a level's window")
+    parser.add_argument("--step", type=float, default=6.0, help="seconds per level")
+    parser.add_argument(
+        "--ramp", type=float, default=3.5, help="seconds a level's sockets open over"
+    )
+    parser.add_argument("--settle", type=float, default=3.5, help="seconds before a level's window")
     parser.add_argument("--gap-limit", type=float, default=100.0, help="p99 gap limit, ms")
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--tps", type=float, default=20.0)

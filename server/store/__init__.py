@@ -1,0 +1,24 @@
+"""Postgres: all SQL of the project lives in this package and in sql/."""
+
+from __future__ import annotations
+
+from server.store.base import MIGRATIONS_DIR, StoreBase
+from server.store.book import BookQueries, CachedChapter, ChapterRow, SectionRow
+from server.store.conversations import ConversationQueries, MessageOutcome, Turn
+from server.store.sessions import SessionQueries
+
+
+class Store(BookQueries, ConversationQueries, SessionQueries):
+    """The project's Postgres access; one pool per process."""
+
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "CachedChapter",
+    "ChapterRow",
+    "MessageOutcome",
+    "SectionRow",
+    "Store",
+    "StoreBase",
+    "Turn",
+]

@@ -1,0 +1,113 @@
+"""The Postgres pool, its error mapping and the migrations; the other store modules build on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Self
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from server.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql"
+_MIGRATION_NAME = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
+_MIGRATION_LOCK = 0x7E47B00C  # advisory lock id: concurrent starters migrate one at a time
+
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    TimeoutError,
+)
+
+
+@contextlib.contextmanager
+def _unavailable_as_chat_error() -> Any:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        log.warning("database unavailable: %s", type(exc).__name__)
+        raise DatabaseUnavailable("the database is unavailable; try again shortly") from exc
+
+
+class StoreBase:
+    """A pool of connections to the project's database."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> Self:
+        """Open a pool; raise DatabaseUnavailable if the server cannot be reached."""
+        with _unavailable_as_chat_error():
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, command_timeout=30, init=_init_connection
+            )
+        return cls(pool)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        with _unavailable_as_chat_error():
+            async with self._pool.acquire(timeout=10) as conn:
+                yield conn
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailable unless a trivial query succeeds."""
+        async with self._conn() as conn:
+            await conn.fetchval("SELECT 1")
+
+    # ---- migrations --------------------------------------------------------------------
+
+    async def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[str]:
+        """Apply pending numbered migrations in order; return the names applied."""
+        files = await asyncio.to_thread(_migration_files, directory)
+        applied: list[str] = []
+        async with self._conn() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {
+                    r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
+                }
+                for version, path in files:
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(await asyncio.to_thread(path.read_text))
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                            version,
+                            path.name,
+                        )
+                    applied.append(path.name)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        return applied
+
+
+def _migration_files(directory: Path) -> list[tuple[int, Path]]:
+    found = ((_MIGRATION_NAME.match(p.name), p) for p in directory.glob("*.sql"))
+    return sorted((int(m.group(1)), p) for m, p in found if m)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute("SET application_name = 'textbook-chat'")

@@ -1,0 +1,179 @@
+"""Conversations, messages and reader profiles."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from typing import Any
+
+from protocol.profile import Profile
+from server.errors import NotFound
+from server.store.base import StoreBase
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Turn:
+    """One earlier question and its answer, for conversation history."""
+
+    question: str
+    answer: str
+
+
+@dataclasses.dataclass(slots=True)
+class MessageOutcome:
+    """How a message ended, as saved."""
+
+    status: str
+    answer: str
+    error_code: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    timings: dict[str, float] | None = None
+
+
+class ConversationQueries(StoreBase):
+    """The readers' own data."""
+
+    async def open_conversation(
+        self, user_id: str, conversation_id: str | None, title: str, history_limit: int
+    ) -> tuple[str, list[Turn]]:
+        """Continue the user's conversation (with its recent turns) or start a new one."""
+        async with self._conn() as conn:
+            if conversation_id is None:
+                new_id = uuid.uuid4()
+                await conn.execute(
+                    "INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)",
+                    new_id,
+                    user_id,
+                    title[:200],
+                )
+                return str(new_id), []
+            conv = _parse_uuid(conversation_id)
+            owner = (
+                await conn.fetchval("SELECT user_id FROM conversations WHERE id = $1", conv)
+                if conv
+                else None
+            )
+            if owner != user_id:
+                raise NotFound("no such conversation")
+            rows = await conn.fetch(
+                "SELECT question, answer FROM messages WHERE conversation_id = $1 AND status = 'complete'"
+                " ORDER BY created_at DESC LIMIT $2",
+                conv,
+                history_limit,
+            )
+        return conversation_id, [Turn(r["question"], r["answer"]) for r in reversed(rows)]
+
+    async def begin_message(
+        self,
+        *,
+        message_id: str,
+        conversation_id: str,
+        user_id: str,
+        stream_id: str,
+        question: str,
+        selection: dict[str, Any] | None,
+        chapter_id: str | None,
+        model: str,
+    ) -> None:
+        """Record a message as streaming, so a partial answer can be saved whatever happens."""
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO messages (id, conversation_id, user_id, stream_id, question, selection, chapter_id,"
+                " status, model) VALUES ($1, $2, $3, $4, $5, $6, $7, 'streaming', $8)",
+                uuid.UUID(message_id), uuid.UUID(conversation_id), user_id, stream_id, question,
+                json.dumps(selection) if selection else None, chapter_id, model,
+            )  # fmt: skip
+
+    async def finish_message(
+        self, message_id: str, sources: list[dict[str, Any]], outcome: MessageOutcome
+    ) -> None:
+        """Save how a message ended: its answer (partial if cut short), sources, usage and status."""
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE messages SET status = $2, answer = $3, sources = $4, error_code = $5, prompt_tokens = $6,"
+                " completion_tokens = $7, timings = $8, finished_at = now() WHERE id = $1",
+                uuid.UUID(message_id), outcome.status, outcome.answer, json.dumps(sources), outcome.error_code,
+                outcome.prompt_tokens, outcome.completion_tokens,
+                json.dumps(outcome.timings) if outcome.timings else None,
+            )  # fmt: skip
+            await conn.execute(
+                "UPDATE conversations SET updated_at = now() WHERE id ="
+                " (SELECT conversation_id FROM messages WHERE id = $1)",
+                uuid.UUID(message_id),
+            )
+
+    async def list_conversations(self, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The user's conversations, newest first."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT id::text AS id, title, created_at, updated_at FROM conversations"
+                " WHERE user_id = $1 ORDER BY updated_at DESC LIMIT $2",
+                user_id,
+                limit,
+            )
+        return [
+            {
+                **dict(r),
+                "created_at": r["created_at"].isoformat(),
+                "updated_at": r["updated_at"].isoformat(),
+            }
+            for r in rows
+        ]
+
+    async def list_messages(self, user_id: str, conversation_id: str) -> list[dict[str, Any]]:
+        """Messages of the user's conversation, oldest first; NotFound for anyone else's."""
+        conv = _parse_uuid(conversation_id)
+        async with self._conn() as conn:
+            owner = (
+                await conn.fetchval("SELECT user_id FROM conversations WHERE id = $1", conv)
+                if conv
+                else None
+            )
+            if owner != user_id:
+                raise NotFound("no such conversation")
+            rows = await conn.fetch(
+                "SELECT id::text AS id, stream_id, question, selection, chapter_id, answer, sources, status,"
+                " error_code, prompt_tokens, completion_tokens, model, timings, created_at, finished_at"
+                " FROM messages WHERE conversation_id = $1 ORDER BY created_at",
+                conv,
+            )
+        out = []
+        for r in rows:
+            item = dict(r)
+            for key in ("selection", "sources", "timings"):
+                item[key] = json.loads(item[key]) if item[key] is not None else None
+            item["created_at"] = r["created_at"].isoformat()
+            item["finished_at"] = r["finished_at"].isoformat() if r["finished_at"] else None
+            out.append(item)
+        return out
+
+    async def get_profile(self, user_id: str) -> Profile | None:
+        """The reader's saved profile, or None."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT software_background, hardware_background, level, language FROM profiles"
+                " WHERE user_id = $1",
+                user_id,
+            )
+        return Profile(**dict(row)) if row else None
+
+    async def put_profile(self, user_id: str, profile: Profile) -> None:
+        """Save (replace) the reader's profile."""
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO profiles (user_id, software_background, hardware_background, level, language)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET"
+                " software_background = $2, hardware_background = $3, level = $4, language = $5,"
+                " updated_at = now()",
+                user_id, profile.software_background, profile.hardware_background,
+                profile.level, profile.language,
+            )  # fmt: skip
+
+
+def _parse_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

@@ -1,0 +1,140 @@
+"""Stream journal (resume from any process) and per-user rate windows and usage."""
+
+from __future__ import annotations
+
+from server.store.base import StoreBase
+
+
+class SessionQueries(StoreBase):
+    """What live sessions need to share across processes."""
+
+    async def write_journal(
+        self,
+        starts: list[tuple[str, str, str, str]],
+        frames: list[tuple[str, int, str]],
+        progress: list[tuple[str, str, str, int, bool]],
+        owner: str,
+    ) -> None:
+        """Persist a batch: new streams, their frames, and how far each got."""
+        async with self._conn() as conn, conn.transaction():
+            for user_id, stream_id, key, kind in starts:
+                await conn.execute(
+                    "DELETE FROM stream_frames WHERE stream_key ="
+                    " (SELECT stream_key FROM streams WHERE user_id = $1 AND stream_id = $2)",
+                    user_id,
+                    stream_id,
+                )
+                await conn.execute(
+                    "INSERT INTO streams (user_id, stream_id, stream_key, kind, owner) VALUES ($1, $2, $3, $4, $5)"
+                    " ON CONFLICT (user_id, stream_id) DO UPDATE SET stream_key = $3, kind = $4, owner = $5,"
+                    " last_seq = 0, finished = false, created_at = now(), updated_at = now()",
+                    user_id, stream_id, key, kind, owner,
+                )  # fmt: skip
+            if frames:
+                await conn.copy_records_to_table(
+                    "stream_frames",
+                    records=_runs(frames),
+                    columns=("stream_key", "first_seq", "last_seq", "frames"),
+                )
+            if progress:
+                await conn.executemany(
+                    "UPDATE streams SET last_seq = $4, finished = $5, updated_at = now()"
+                    " WHERE user_id = $2 AND stream_id = $3 AND stream_key = $1",
+                    progress,
+                )
+
+    async def stream_record(
+        self, user_id: str, stream_id: str, max_age_s: float
+    ) -> tuple[str, str, int, bool] | None:
+        """(key, owner, last_seq, finished) of a user's stream touched within `max_age_s`, or None."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT stream_key, owner, last_seq, finished FROM streams WHERE user_id = $1 AND stream_id = $2"
+                " AND updated_at > now() - make_interval(secs => $3)",
+                user_id, stream_id, max_age_s,
+            )  # fmt: skip
+        return (row["stream_key"], row["owner"], row["last_seq"], row["finished"]) if row else None
+
+    async def stream_frames(self, key: str, after_seq: int) -> list[tuple[int, str]]:
+        """Stored frames of one stream after `after_seq`, in order."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT first_seq, frames FROM stream_frames WHERE stream_key = $1 AND last_seq > $2"
+                " ORDER BY first_seq",
+                key,
+                after_seq,
+            )
+        out = []
+        for row in rows:
+            for offset, frame in enumerate(row["frames"].split("\n")):
+                seq = row["first_seq"] + offset
+                if seq > after_seq:
+                    out.append((seq, frame))
+        return out
+
+    async def prune_streams(self, finished_age_s: float, abandoned_age_s: float) -> int:
+        """Forget finished streams older than `finished_age_s` and unfinished ones nobody updated."""
+        async with self._conn() as conn, conn.transaction():
+            keys = await conn.fetch(
+                "DELETE FROM streams WHERE (finished AND updated_at < now() - make_interval(secs => $1))"
+                " OR updated_at < now() - make_interval(secs => $2) RETURNING stream_key",
+                finished_age_s, abandoned_age_s,
+            )  # fmt: skip
+            await conn.execute(
+                "DELETE FROM stream_frames WHERE stream_key = ANY($1::text[])",
+                [k["stream_key"] for k in keys],
+            )
+        return len(keys)
+
+    async def count_request(self, user_id: str) -> tuple[int, int, float]:
+        """Count a request in the user's current minute; return (requests this minute,
+        completion tokens today, seconds left in the minute)."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "WITH hit AS (INSERT INTO rate_windows (user_id, window_start, requests)"
+                " VALUES ($1, date_trunc('minute', now()), 1) ON CONFLICT (user_id, window_start)"
+                " DO UPDATE SET requests = rate_windows.requests + 1 RETURNING requests)"
+                " SELECT (SELECT requests FROM hit) AS requests,"
+                " COALESCE((SELECT completion_tokens FROM usage_daily WHERE user_id = $1"
+                " AND day = (now() AT TIME ZONE 'utc')::date), 0) AS tokens,"
+                " extract(epoch FROM date_trunc('minute', now()) + interval '1 minute' - now()) AS left_s",
+                user_id,
+            )
+        assert row is not None
+        return int(row["requests"]), int(row["tokens"]), float(row["left_s"])
+
+    async def add_usage(self, user_id: str, completion_tokens: int) -> None:
+        """Add to the user's completion tokens for today (UTC)."""
+        if completion_tokens <= 0:
+            return
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO usage_daily (user_id, day, completion_tokens)"
+                " VALUES ($1, (now() AT TIME ZONE 'utc')::date, $2) ON CONFLICT (user_id, day)"
+                " DO UPDATE SET completion_tokens = usage_daily.completion_tokens + $2",
+                user_id,
+                completion_tokens,
+            )
+
+    async def prune_rate_windows(self) -> None:
+        """Forget minute windows that are over."""
+        async with self._conn() as conn:
+            await conn.execute(
+                "DELETE FROM rate_windows WHERE window_start < now() - interval '5 minutes'"
+            )
+
+
+def _runs(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, int, str]]:
+    """Consecutive frames of each stream as (key, first_seq, last_seq, frames joined by newlines)."""
+    runs: list[tuple[str, int, int, str]] = []
+    by_key: dict[str, list[tuple[int, str]]] = {}
+    for key, seq, frame in frames:
+        by_key.setdefault(key, []).append((seq, frame))
+    for key, items in by_key.items():
+        start = 0
+        for i in range(1, len(items) + 1):
+            if i == len(items) or items[i][0] != items[i - 1][0] + 1:
+                run = items[start:i]
+                runs.append((key, run[0][0], run[-1][0], "\n".join(f for _, f in run)))
+                start = i
+    return runs
