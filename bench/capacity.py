@@ -238,7 +238,8 @@ def _fill(level: Level, reports: list[LoadReport], began_wall: float) -> None:
     level.gap_p50_ms = histogram_percentile(gaps, 50)
     level.gap_p99_ms = histogram_percentile(gaps, 99)
     level.ttfd_p99_ms = pct(ttfds, 99)
-    level.deltas_per_s = deltas / max(end - start, 1e-9)
+    seconds = round(end) - round(start)  # the timeline is in whole seconds
+    level.deltas_per_s = deltas / max(seconds, 1)
     level.failed = failed
 
 
@@ -355,7 +356,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--ramp", type=float, default=3.5, help="seconds a level's sockets open over"
     )
-    parser.add_argument("--settle", type=float, default=3.5, help="seconds before a level's window")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds before a level's window")
     parser.add_argument("--gap-limit", type=float, default=100.0, help="p99 gap limit, ms")
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--tps", type=float, default=20.0)
