@@ -22,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 from bench.harness import (
     JWT_SECRET,
     Cores,
-    CpuMeter,
+    CpuUse,
+    LagProbe,
     Target,
     chat_server,
     fake_model,
@@ -81,67 +80,6 @@ class Level:
         return self.cpu.get("fake", 0) + self.cpu.get("loadgen", 0) >= CLIENT_BUSY * client_cores
 
 
-class PostgresMeter:
-    """CPU of every local `postgres` process (the server's database is not pinned)."""
-
-    def __init__(self) -> None:
-        self._last: dict[int, float] = {}
-        self._at = time.monotonic()
-        self.read()
-
-    def read(self) -> float:
-        """Their summed share of one core since the last reading."""
-        now, total = time.monotonic(), 0.0
-        seen: dict[int, float] = {}
-        for proc in psutil.process_iter(["name", "cpu_times"]):
-            if proc.info["name"] != "postgres" or proc.info["cpu_times"] is None:
-                continue
-            cpu = float(proc.info["cpu_times"].user + proc.info["cpu_times"].system)
-            seen[proc.pid] = cpu
-            total += cpu - self._last.get(proc.pid, cpu)
-        share = total / max(now - self._at, 1e-9)
-        self._last, self._at = seen, now
-        return share
-
-
-class MachineMeter:
-    """CPU busy time of the whole machine, to tell what ran besides this benchmark."""
-
-    def __init__(self) -> None:
-        self._busy, self._at = self._now(), time.monotonic()
-
-    @staticmethod
-    def _now() -> float:
-        t = psutil.cpu_times()
-        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
-
-    def read(self) -> float:
-        """Busy cores since the last reading."""
-        busy, now = self._now(), time.monotonic()
-        share = (busy - self._busy) / max(now - self._at, 1e-9)
-        self._busy, self._at = busy, now
-        return share
-
-
-class LagProbe:
-    """This process's event loop lag, sampled every 20 ms, kept with timestamps."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, float]] = []
-
-    async def run(self) -> None:
-        """Sample until cancelled."""
-        while True:
-            expected = time.perf_counter() + 0.02
-            await asyncio.sleep(0.02)
-            now = time.perf_counter()
-            self.samples.append((now, max(0.0, now - expected)))
-
-    def p99_ms(self, start: float, end: float) -> float | None:
-        """p99 lag in [start, end) (perf_counter seconds)."""
-        return pct([lag * 1000 for at, lag in self.samples if start <= at < end], 99)
-
-
 async def ramp_target(
     target: Target,
     fake_pid: int,
@@ -154,9 +92,7 @@ async def ramp_target(
 ) -> list[Level]:
     """Step the stream count up against one target; measure each level's steady window."""
     stop = asyncio.Event()
-    meter = CpuMeter({"target": target.pid, "fake": fake_pid, "loadgen": os.getpid()})
-    postgres = PostgresMeter()
-    machine = MachineMeter()
+    meter = CpuUse({"target": target.pid, "fake": fake_pid, "loadgen": os.getpid()})
     lag = LagProbe()
     lag_task = asyncio.create_task(lag.run())
     latest_rate: dict[int, float] = {}
@@ -190,12 +126,8 @@ async def ramp_target(
             )
             await asyncio.sleep(max(0.0, began + level.window[0] - time.perf_counter()))
             meter.reset()
-            postgres.read()
-            machine.read()
             await asyncio.sleep(max(0.0, began + level.window[1] - time.perf_counter()))
             level.cpu = meter.read()
-            level.cpu["postgres"] = postgres.read()
-            level.cpu["other"] = max(0.0, machine.read() - sum(level.cpu.values()))
             level.loop_lag_p99_ms = lag.p99_ms(began + level.window[0], began + level.window[1])
             measured.append(level)
             if sum(latest_rate.values()) < OVERLOAD_DELIVERY * streams * tps:

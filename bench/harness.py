@@ -235,26 +235,49 @@ def server_env(model_url: str, data_dir: Path, database_url: str, **extra: str) 
         "MAX_STREAMS_PER_USER": "4096",
         "MAX_CONNECTIONS_PER_USER": "4096",
         "LOG_LEVEL": "WARNING",
+        "DRAIN_SECONDS": "2",  # stop quickly between runs
         **extra,
     }
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerHome:
+    """A scratch database and data dir that several server processes may use in turn."""
+
+    database_url: str
+    data_dir: Path
+
+
 @contextlib.asynccontextmanager
-async def chat_server(
-    model_url: str, cpus: frozenset[int], log_dir: Path, **extra_env: str
-) -> AsyncIterator[Target]:
-    """The full server (`textbook-chat serve`) on a scratch database and data dir, pinned."""
-    port = free_port()
+async def server_home() -> AsyncIterator[ServerHome]:
+    """A scratch database and a temporary data dir, both removed afterwards."""
     async with scratch_database() as dsn:
         with tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
-            env = server_env(model_url, Path(data_dir), dsn, **extra_env)
-            argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
-            child = await spawn("server", argv, cpus=cpus, env=env, log_dir=log_dir)
-            try:
-                await wait_http_ok(child, f"http://127.0.0.1:{port}/readyz")
-                yield Target("full server", port, child.pid)
-            finally:
-                await child.stop()
+            yield ServerHome(dsn, Path(data_dir))
+
+
+@contextlib.asynccontextmanager
+async def chat_server(
+    model_url: str,
+    cpus: frozenset[int],
+    log_dir: Path,
+    home: ServerHome | None = None,
+    **extra_env: str,
+) -> AsyncIterator[Target]:
+    """The full server (`textbook-chat serve`), pinned; on a scratch home unless given one
+    (a home a server already used starts in seconds: the book is indexed)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if home is None:
+            home = await stack.enter_async_context(server_home())
+        port = free_port()
+        env = server_env(model_url, home.data_dir, home.database_url, **extra_env)
+        argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+        child = await spawn(f"server-{port}", argv, cpus=cpus, env=env, log_dir=log_dir)
+        try:
+            await wait_http_ok(child, f"http://127.0.0.1:{port}/readyz")
+            yield Target("full server", port, child.pid)
+        finally:
+            await child.stop()
 
 
 @contextlib.asynccontextmanager
@@ -310,6 +333,89 @@ class CpuMeter:
         current = {name: self._cpu(p) for name, p in self._processes.items()}
         shares = {name: (current[name] - self._last[name]) / wall for name in current}
         self._last, self._at = current, now
+        return shares
+
+
+class PostgresMeter:
+    """CPU of every local `postgres` process (the server's database is not pinned)."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, float] = {}
+        self._at = time.monotonic()
+        self.read()
+
+    def read(self) -> float:
+        """Their summed share of one core since the last reading."""
+        now, total = time.monotonic(), 0.0
+        seen: dict[int, float] = {}
+        for proc in psutil.process_iter(["name", "cpu_times"]):
+            if proc.info["name"] != "postgres" or proc.info["cpu_times"] is None:
+                continue
+            cpu = float(proc.info["cpu_times"].user + proc.info["cpu_times"].system)
+            seen[proc.pid] = cpu
+            total += cpu - self._last.get(proc.pid, cpu)
+        share = total / max(now - self._at, 1e-9)
+        self._last, self._at = seen, now
+        return share
+
+
+class MachineMeter:
+    """CPU busy time of the whole machine, to tell what ran besides this benchmark."""
+
+    def __init__(self) -> None:
+        self._busy, self._at = self._now(), time.monotonic()
+
+    @staticmethod
+    def _now() -> float:
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+    def read(self) -> float:
+        """Busy cores since the last reading."""
+        busy, now = self._now(), time.monotonic()
+        share = (busy - self._busy) / max(now - self._at, 1e-9)
+        self._busy, self._at = busy, now
+        return share
+
+
+class LagProbe:
+    """This process's event loop lag, sampled every 20 ms, kept with timestamps."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+
+    async def run(self) -> None:
+        """Sample until cancelled."""
+        while True:
+            expected = time.perf_counter() + 0.02
+            await asyncio.sleep(0.02)
+            now = time.perf_counter()
+            self.samples.append((now, max(0.0, now - expected)))
+
+    def p99_ms(self, start: float, end: float) -> float | None:
+        """p99 lag in [start, end) (perf_counter seconds)."""
+        return pct([lag * 1000 for at, lag in self.samples if start <= at < end], 99)
+
+
+class CpuUse:
+    """Per-process CPU of ours, every postgres process, and the rest of the machine, per interval."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._ours = CpuMeter(pids)
+        self._postgres = PostgresMeter()
+        self._machine = MachineMeter()
+
+    def reset(self) -> None:
+        """Start a new interval."""
+        self._ours.reset()
+        self._postgres.read()
+        self._machine.read()
+
+    def read(self) -> dict[str, float]:
+        """Shares of one core since the last reading: each pid, `postgres`, `other`."""
+        shares = self._ours.read()
+        shares["postgres"] = self._postgres.read()
+        shares["other"] = max(0.0, self._machine.read() - sum(shares.values()))
         return shares
 
 

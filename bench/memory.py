@@ -1,4 +1,219 @@
-"""Placeholder.
+"""Benchmark: server memory per idle socket (1,000 and 5,000 authenticated idle sockets) and per
+active stream (streams mid-generation vs the same sockets idle), full server against the raw relay.
 
-Run: x
+Run: .venv/bin/python -m bench.memory [--sockets 1000,5000] [--streams 200] [--targets full,raw]
+         [--no-pin]
+
+Memory is the target process's RSS and USS (psutil), the median of a few readings taken after
+the sockets settle. Sockets and streams are measured on separate processes of the same target (for
+the full server: a second process on the same database and index), so memory freed by one phase
+is not reused by the next and hidden. Per socket = (RSS with N sockets - RSS before) / N.
 """
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection
+
+from bench.harness import (
+    ServerHome,
+    Target,
+    chat_server,
+    fake_model,
+    fmt,
+    machine_line,
+    pin_self,
+    raise_fd_limit,
+    ratio,
+    relay,
+    rss_mb,
+    run,
+    server_home,
+    split_cores,
+    table,
+)
+from bench.wsclient import (
+    StreamResult,
+    ask,
+    close_sockets,
+    open_sockets,
+    read_stream,
+    send_ask,
+    tokens,
+)
+
+SETTLE_S = 2.0
+LONG_ANSWER = "[[fake:tokens=4000,tps=20]]"  # 200 s: still generating when measured
+DELTAS_BEFORE_MEASURING = 40  # two seconds into every stream
+
+
+async def settled_memory(pid: int) -> tuple[float, float]:
+    """Median RSS and USS (MiB) of five readings after a pause."""
+    await asyncio.sleep(SETTLE_S)
+    readings = []
+    for _ in range(5):
+        readings.append(await asyncio.to_thread(rss_mb, pid))
+        await asyncio.sleep(0.2)
+    return (
+        statistics.median(r[0] for r in readings),
+        statistics.median(r[1] for r in readings),
+    )
+
+
+async def warm_up(target: Target, token_list: list[str]) -> None:
+    """A few short streams, so lazily built things (model client pool, caches) exist before the baseline."""
+    sockets = await open_sockets(target.ws_url, token_list)
+    try:
+        await asyncio.gather(
+            *(ask(ws, "warm", f"warm up {i} [[fake:tokens=5]]") for i, ws in enumerate(sockets))
+        )
+    finally:
+        await close_sockets(sockets)
+
+
+async def idle_sockets(target: Target, counts: list[int]) -> list[tuple[int, float, float]]:
+    """(sockets, RSS MiB, USS MiB), starting with 0, opening sockets up to each count."""
+    token_list = await asyncio.to_thread(tokens, max(counts), "mem-idle-")
+    await warm_up(target, token_list[:10])
+    rows = [(0, *await settled_memory(target.pid))]
+    sockets: list[ClientConnection] = []
+    try:
+        for count in counts:
+            sockets += await open_sockets(target.ws_url, token_list[len(sockets) : count])
+            rows.append((count, *await settled_memory(target.pid)))
+    finally:
+        await close_sockets(sockets)
+    return rows
+
+
+async def active_streams(target: Target, streams: int) -> tuple[float, float, float, float]:
+    """RSS and USS (MiB) with `streams` sockets idle, then with a stream mid-generation on each."""
+    token_list = await asyncio.to_thread(tokens, streams, "mem-active-")
+    await warm_up(target, token_list[:10])
+    sockets = await open_sockets(target.ws_url, token_list)
+    try:
+        idle_rss, idle_uss = await settled_memory(target.pid)
+        results: list[StreamResult] = await asyncio.gather(
+            *(
+                send_ask(ws, "long", f"memory probe {i} {LONG_ANSWER}")
+                for i, ws in enumerate(sockets)
+            )
+        )
+        began = time.perf_counter()
+        await asyncio.gather(
+            *(
+                read_stream(ws, "long", r, until_deltas=DELTAS_BEFORE_MEASURING)
+                for ws, r in zip(sockets, results, strict=True)
+            )
+        )
+        waited = time.perf_counter() - began
+        active_rss, active_uss = await settled_memory(target.pid)
+        if any(r.ended_at is not None for r in results):
+            raise RuntimeError("a stream ended before it was measured")
+        print(
+            f"  {target.name}: {streams} streams had {DELTAS_BEFORE_MEASURING} deltas within {waited:.1f} s"
+        )
+    finally:
+        cancel = b'{"type":"cancel","id":"long"}'
+        await asyncio.gather(
+            *(ws.send(cancel, text=True) for ws in sockets), return_exceptions=True
+        )
+        await close_sockets(sockets)
+    return idle_rss, idle_uss, active_rss, active_uss
+
+
+@contextlib.asynccontextmanager
+async def target_process(
+    name: str, model_url: str, cpus: frozenset[int], log_dir: Path, home: ServerHome | None
+) -> AsyncIterator[Target]:
+    """A fresh process of the target (the full server on `home`)."""
+    if name == "full":
+        async with chat_server(model_url, cpus, log_dir, home) as target:
+            yield target
+    else:
+        async with relay(name, model_url, cpus, log_dir) as target:
+            yield target
+
+
+async def main(args: argparse.Namespace) -> None:
+    counts = [int(n) for n in args.sockets.split(",")]
+    cores = split_cores(not args.no_pin)
+    pin_self(cores.client)
+    limit = raise_fd_limit(max(counts) * 2 + 2048)
+    print(f"memory per idle socket and per active stream; open files limit {limit}")
+    print(f"{cores.describe()}; {machine_line()}")
+    idle: dict[str, list[tuple[int, float, float]]] = {}
+    active: dict[str, tuple[float, float, float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        log_dir = Path(tmp)
+        async with (
+            fake_model(cores.client, log_dir, tokens=20, tps=20.0) as (model_url, _),
+            server_home() as home,
+        ):
+            for name in args.targets.split(","):
+                async with target_process(name, model_url, cores.target, log_dir, home) as target:
+                    idle[name] = await idle_sockets(target, counts)
+                async with target_process(name, model_url, cores.target, log_dir, home) as target:
+                    active[name] = await active_streams(target, args.streams)
+    print("\nidle authenticated sockets (MiB; per socket in KiB)")
+    rows = []
+    for name, readings in idle.items():
+        base_rss, base_uss = readings[0][1], readings[0][2]
+        rows.append([name, 0, fmt(base_rss), fmt(base_uss), "-", "-"])
+        for count, rss, uss in readings[1:]:
+            rows.append(
+                [
+                    name,
+                    count,
+                    fmt(rss),
+                    fmt(uss),
+                    fmt((rss - base_rss) * 1024 / count),
+                    fmt((uss - base_uss) * 1024 / count),
+                ]
+            )
+    print(table(["target", "sockets", "RSS", "USS", "RSS/socket", "USS/socket"], rows))
+    print(
+        f"\n{args.streams} streams mid-generation vs the same sockets idle (MiB; per stream in KiB)"
+    )
+    rows = []
+    for name, (idle_rss, idle_uss, rss, uss) in active.items():
+        rows.append(
+            [
+                name,
+                fmt(idle_rss),
+                fmt(rss),
+                fmt((rss - idle_rss) * 1024 / args.streams),
+                fmt((uss - idle_uss) * 1024 / args.streams),
+            ]
+        )
+    print(table(["target", "idle RSS", "active RSS", "RSS/stream", "USS/stream"], rows))
+    if "full" in idle:
+        for other in (n for n in idle if n != "full"):
+            print(f"\nfull / {other} relay:")
+            rows = []
+            for (count, rss, _), (_, base_rss, _) in zip(
+                idle["full"][1:], idle[other][1:], strict=True
+            ):
+                full_per = (rss - idle["full"][0][1]) / count
+                relay_per = (base_rss - idle[other][0][1]) / count
+                rows.append([f"per idle socket at {count}", ratio(full_per, relay_per)])
+            f, r = active["full"], active[other]
+            rows.append(["per active stream", ratio(f[2] - f[0], r[2] - r[0])])
+            print(table(["", "RSS ratio"], rows))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sockets", default="1000,5000", help="idle socket counts, ascending")
+    parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--targets", default="full,raw", help="full and relays (sdk, raw)")
+    parser.add_argument("--no-pin", action="store_true", help="let every process use every CPU")
+    run(main(parser.parse_args()))

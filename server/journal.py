@@ -17,6 +17,8 @@ from server.stream import Stream
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.2
+FOLLOWED_INTERVAL_S = 0.02  # streams someone reads from another process are flushed promptly
+FOLLOW_TTL_S = 60.0
 MAX_BUFFERED_FRAMES = 200_000
 PRUNE_INTERVAL_S = 60.0
 ABANDONED_S = 3600.0  # an unfinished stream nobody wrote to for an hour lost its process
@@ -41,11 +43,12 @@ class FrameJournal:
     ) -> None:
         self._store = store
         self._retention_s = retention_s
-        self._interval = interval_s
+        self._interval_s = interval_s
         self._batch = _Batch()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = time.monotonic()
+        self._followed: dict[str, float] = {}
         self._closed = False
 
     def started(self, stream: Stream) -> None:
@@ -62,6 +65,19 @@ class FrameJournal:
         self._batch.progress[stream.key] = (stream.user_id, stream.id, seq, stream.ended)
         self._poke()
 
+    def mark_followed(self, key: str) -> None:
+        """Another process reads this stream live: flush its frames without the usual wait."""
+        self._followed[key] = time.monotonic() + FOLLOW_TTL_S
+        self._poke()
+
+    def _interval(self) -> float:
+        if self._followed:
+            now = time.monotonic()
+            self._followed = {k: t for k, t in self._followed.items() if t > now}
+            if any(k in self._followed for k in self._batch.progress):
+                return FOLLOWED_INTERVAL_S
+        return self._interval_s
+
     def _poke(self) -> None:
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._run(), name="frame-journal")
@@ -71,7 +87,7 @@ class FrameJournal:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self._interval)  # gather a batch
+            await asyncio.sleep(self._interval())  # gather a batch
             self._wake.clear()
             await self._write()
             if time.monotonic() - self._pruned_at > PRUNE_INTERVAL_S:

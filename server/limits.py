@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Protocol
 
 from server.errors import RateLimited
 from server.settings import Settings
 from server.store import Store
 
 
-class RateLimiter:
-    """Requests per minute and completion tokens per day, per user."""
+class StreamAdmission(Protocol):
+    """Counts a user's live streams on other processes (Cluster)."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    async def admit_stream(self, user_id: str) -> None: ...
+
+
+class RateLimiter:
+    """Requests per minute and completion tokens per day, per user; and live streams across processes."""
+
+    def __init__(
+        self, store: Store, settings: Settings, admission: StreamAdmission | None = None
+    ) -> None:
         self._store = store
+        self._admission = admission
         self._per_minute = settings.requests_per_minute
         self._per_day = settings.completion_tokens_per_day
 
     async def admit(self, user_id: str) -> None:
-        """Count one request; raise RateLimited with a retry-after when over a limit."""
+        """Count one request; raise RateLimited (or TooManyStreams) when over a limit."""
+        if self._admission is not None:
+            await self._admission.admit_stream(user_id)
         if not self._per_minute and not self._per_day:
             return
         requests, tokens, minute_left = await self._store.count_request(user_id)

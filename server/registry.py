@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from server.stream import Stream
@@ -24,6 +25,7 @@ class StreamRegistry:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._connections: defaultdict[str, set[Any]] = defaultdict(set)
         self.draining = False
+        self.on_change: Callable[[], None] = lambda: None  # per-user counts changed
 
     # ---- streams -----------------------------------------------------------------------
 
@@ -40,6 +42,7 @@ class StreamRegistry:
             self._by_user[stream.user_id].discard(old)
         self._streams[key] = stream
         self._by_user[stream.user_id].add(stream)
+        self.on_change()
 
     def live_count(self, user_id: str) -> int:
         """Streams of this user still generating, across all its connections."""
@@ -62,6 +65,7 @@ class StreamRegistry:
     def finished(self, stream: Stream) -> None:
         """It ended; keep it for late readers, then forget it."""
         self._schedule(stream, self.retention_s, self._forget)
+        self.on_change()
 
     def _expire_detached(self, stream: Stream) -> None:
         if stream.consumer is None and stream.live:
@@ -91,6 +95,7 @@ class StreamRegistry:
     def connect(self, user_id: str, connection: Any) -> int:
         """Count a connection of this user; returns how many it now has."""
         self._connections[user_id].add(connection)
+        self.on_change()
         return len(self._connections[user_id])
 
     def disconnect(self, user_id: str, connection: Any) -> None:
@@ -100,6 +105,13 @@ class StreamRegistry:
             conns.discard(connection)
             if not conns:
                 del self._connections[user_id]
+            self.on_change()
+
+    def counts(self) -> list[tuple[str, int, int]]:
+        """(user, connections, live streams) for every user with either."""
+        users = set(self._connections) | set(self._by_user)
+        rows = [(u, len(self._connections.get(u, ())), self.live_count(u)) for u in users]
+        return [r for r in rows if r[1] or r[2]]
 
     def connections(self) -> list[Any]:
         """Every open connection."""

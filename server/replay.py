@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from protocol import codec
@@ -17,7 +18,7 @@ from server.store import Store
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.1
+POLL_S = 1.0  # without notifications (no listener, or a pooled connection) polling still finishes the job
 STALLED_S = 60.0  # an unfinished stream with no new frame for this long lost its process
 _TERMINAL = (b'{"type":"done"', b'{"type":"error"')
 
@@ -28,10 +29,20 @@ class Reader(Protocol):
     def wake(self, stream: StoredStream) -> None: ...
 
 
+class Watcher(Protocol):
+    """Tells when new frames of a stream are journaled (Cluster)."""
+
+    def watch(self, key: str, wake: Callable[[], None]) -> None: ...
+
+    def unwatch(self, key: str, wake: Callable[[], None]) -> None: ...
+
+
 class StoredStream:
     """Frames of a journaled stream after `after_seq`, then, while it still runs elsewhere, the new ones."""
 
-    def __init__(self, store: Store, stream_id: str, key: str, reader: Reader) -> None:
+    def __init__(
+        self, store: Store, stream_id: str, key: str, reader: Reader, watcher: Watcher | None = None
+    ) -> None:
         self.id = stream_id
         self.consumer: Reader | None = reader
         self.ended = False
@@ -41,6 +52,8 @@ class StoredStream:
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._last_progress = time.monotonic()
+        self._watcher = watcher
+        self._new_frames = asyncio.Event()
 
     @classmethod
     async def open(
@@ -51,6 +64,7 @@ class StoredStream:
         after_seq: int,
         retention_s: float,
         reader: Reader,
+        watcher: Watcher | None = None,
     ) -> StoredStream | None:
         """The stored stream, or None when there is none for this user within retention."""
         record = await store.stream_record(user_id, stream_id, retention_s)
@@ -61,10 +75,12 @@ class StoredStream:
             raise InvalidMessage(
                 f"after_seq {after_seq} is past the stream's last frame ({last_seq})"
             )
-        stream = cls(store, stream_id, key, reader)
+        stream = cls(store, stream_id, key, reader, watcher)
         stream._seq = after_seq
         await stream._fetch()
         if not stream.ended:
+            if watcher is not None:
+                watcher.watch(key, stream._new_frames.set)
             stream._task = asyncio.create_task(stream._follow(), name=f"follow:{stream_id}")
         return stream
 
@@ -82,7 +98,9 @@ class StoredStream:
 
     async def _follow(self) -> None:
         while not self.ended:
-            await asyncio.sleep(POLL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_frames.wait(), POLL_S)
+            self._new_frames.clear()
             try:
                 await self._fetch()
             except ChatError:
@@ -114,6 +132,8 @@ class StoredStream:
     def close(self) -> None:
         """The reader is gone: stop following."""
         self.consumer = None
+        if self._watcher is not None:
+            self._watcher.unwatch(self._key, self._new_frames.set)
         if self._task is not None:
             self._task.cancel()
 

@@ -6,14 +6,19 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import shutil
 import time
+from pathlib import Path
 
 import httpx
 import openai
+import psutil
 from qdrant_client import AsyncQdrantClient
 
 from server.auth import TokenVerifier, signing_secret
 from server.chapters import ChapterHub
+from server.cluster import Cluster
 from server.embeddings import Embedder, make_embedder
 from server.errors import ChatError, ConfigError
 from server.ingest import ingest_book
@@ -85,11 +90,16 @@ class Services:
     registry: StreamRegistry = dataclasses.field(init=False)
     journal: FrameJournal = dataclasses.field(init=False)
     limiter: RateLimiter = dataclasses.field(init=False)
+    cluster: Cluster = dataclasses.field(init=False)
     _exit: contextlib.AsyncExitStack = dataclasses.field(default_factory=contextlib.AsyncExitStack)
 
     @classmethod
-    async def start(cls, settings: Settings, *, loopback: bool) -> Services:
-        """Connect to (or start) every dependency; raise ConfigError for what cannot work."""
+    async def start(cls, settings: Settings, *, loopback: bool, replica: bool = False) -> Services:
+        """Connect to (or start) every dependency; raise ConfigError for what cannot work.
+
+        `replica`: one of several worker processes. The embedded Qdrant engine is single-process,
+        so each worker serves from its own copy of the index the parent prepared.
+        """
         async with contextlib.AsyncExitStack() as stack:
             store, embedded_pg = await connect_store(settings, stack)
             applied = await store.migrate()
@@ -108,12 +118,15 @@ class Services:
                 openai_dim=settings.embedding_dimensions,
             )
             stack.push_async_callback(embedder.aclose)
-            vectors = open_vector_store(settings)
+            vectors = await asyncio.to_thread(open_vector_store, settings, replica=replica)
+            if replica and not settings.qdrant_url:
+                own_copy = settings.data_dir / "replicas" / f"worker-{os.getpid()}"
+                stack.push_async_callback(asyncio.to_thread, shutil.rmtree, own_copy, True)
             stack.push_async_callback(vectors.aclose)
             await vectors.open(dim=embedder.dim, embedding_model=embedder.model_name)
             bm25 = Bm25Encoder()
             catalog = ChapterCatalog(store)
-            if await vectors.count() == 0:
+            if not replica and await vectors.count() == 0:
                 log.info("the vector store is empty: ingesting %s", settings.book_dir)
                 await ingest_book(
                     settings.book_dir, store=store, vectors=vectors, embedder=embedder, bm25=bm25
@@ -145,6 +158,7 @@ class Services:
                 embedded_pg=embedded_pg,
             )
             stack.push_async_callback(services.stop_sessions)
+            services.cluster.start(store.dsn)
             services._exit = stack.pop_all()
             return services
         raise AssertionError("unreachable")
@@ -155,13 +169,15 @@ class Services:
         self.chapters = ChapterHub()
         self.registry = StreamRegistry(grace_s=s.resume_grace_s, retention_s=s.resume_retention_s)
         self.journal = FrameJournal(self.store, retention_s=s.resume_retention_s)
-        self.limiter = RateLimiter(self.store, s)
+        self.cluster = Cluster(self.store, self.registry, self.journal, s)
+        self.limiter = RateLimiter(self.store, s, self.cluster)
 
     async def stop_sessions(self) -> None:
         """End every stream (saved as interrupted) and persist every frame; idempotent."""
         await self.registry.close()
         await self.chapters.close()
         await self.journal.close()
+        await self.cluster.close()
 
     @property
     def generative_model(self) -> ChatModel | None:
@@ -220,8 +236,8 @@ async def _ping_model(client: openai.AsyncOpenAI) -> None:
     await client.with_options(max_retries=0, timeout=3.0).models.list()
 
 
-def open_vector_store(settings: Settings) -> VectorStore:
-    """The embedded Qdrant engine under DATA_DIR, or a Qdrant server when QDRANT_URL is set."""
+def open_vector_store(settings: Settings, *, replica: bool = False) -> VectorStore:
+    """The embedded Qdrant engine under DATA_DIR (or a private copy of it), or a Qdrant server."""
     if settings.qdrant_url:
         # The compatibility probe runs in a thread at construction and warns if the server is down;
         # `open` checks the collection itself.
@@ -229,4 +245,20 @@ def open_vector_store(settings: Settings) -> VectorStore:
             url=settings.qdrant_url, api_key=settings.qdrant_api_key, check_compatibility=False
         )
         return QdrantServerStore(client, settings.qdrant_collection)
-    return EdgeVectorStore(settings.data_dir / "qdrant")
+    primary = settings.data_dir / "qdrant"
+    if replica:
+        return EdgeVectorStore(make_replica(primary, settings.data_dir / "replicas"))
+    return EdgeVectorStore(primary)
+
+
+def make_replica(primary: Path, replicas: Path) -> Path:
+    """A copy of the embedded index for this process; copies of processes that died are removed."""
+    replicas.mkdir(parents=True, exist_ok=True)
+    for old in replicas.iterdir():
+        pid = old.name.removeprefix("worker-")
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    mine = replicas / f"worker-{os.getpid()}"
+    shutil.rmtree(mine, ignore_errors=True)
+    shutil.copytree(primary, mine)
+    return mine

@@ -146,6 +146,8 @@ class Connection:
             return False
         count = self.services.registry.connect(self.identity.user_id, self)
         self._registered = True
+        if count <= self.settings.max_connections_per_user:
+            count += (await self.services.cluster.elsewhere(self.identity.user_id))[0]
         if count > self.settings.max_connections_per_user:
             self.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this user")
             return False
@@ -238,7 +240,7 @@ class Connection:
             case Ask() | Chapter():
                 self._start_stream(frame)
             case Cancel():
-                self._cancel(frame.id)
+                await self._cancel(frame.id)
             case Resume():
                 await self._resume(frame.id, frame.after_seq)
             case Auth():
@@ -303,13 +305,20 @@ class Connection:
     def _stream_ended(self, stream: Stream) -> None:
         self.services.registry.finished(stream)
 
-    def _cancel(self, sid: str) -> None:
+    async def _cancel(self, sid: str) -> None:
         assert self.identity is not None
         stream = self.services.registry.get(self.identity.user_id, sid)
-        if stream is None or not stream.live or stream.ended:
-            self._reject(NotFound(f"no live stream {sid!r}"), sid)
+        if stream is not None and stream.live and not stream.ended:
+            stream.cancel()
             return
-        stream.cancel()
+        if stream is None:  # it may be generating in another process
+            try:
+                if await self.services.cluster.cancel_remote(self.identity.user_id, sid):
+                    return
+            except ChatError as exc:
+                self._reject(exc, sid)
+                return
+        self._reject(NotFound(f"no live stream {sid!r}"), sid)
 
     async def _resume(self, sid: str, after_seq: int) -> None:
         assert self.identity is not None
@@ -347,6 +356,7 @@ class Connection:
                 after_seq,
                 self.settings.resume_retention_s,
                 self,
+                self.services.cluster,
             )
         except ChatError as exc:
             self._reject(exc, sid)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from server.store.base import MIGRATIONS_DIR, StoreBase
 from server.store.book import BookQueries, CachedChapter, ChapterRow, SectionRow
 from server.store.conversations import ConversationQueries, MessageOutcome, Turn
-from server.store.sessions import SessionQueries
+from server.store.sessions import PresenceQueries, SessionQueries
 
 
-class Store(BookQueries, ConversationQueries, SessionQueries):
+class Store(BookQueries, ConversationQueries, SessionQueries, PresenceQueries):
     """The project's Postgres access; one pool per process."""
 
 

@@ -44,8 +44,9 @@ def _unavailable_as_chat_error() -> Any:
 class StoreBase:
     """A pool of connections to the project's database."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str | None = None) -> None:
         self._pool = pool
+        self.dsn = dsn  # for connections outside the pool (LISTEN)
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> Self:
@@ -54,7 +55,7 @@ class StoreBase:
             pool = await asyncpg.create_pool(
                 dsn, min_size=min_size, max_size=max_size, command_timeout=30, init=_init_connection
             )
-        return cls(pool)
+        return cls(pool, dsn)
 
     async def close(self) -> None:
         """Close the pool."""

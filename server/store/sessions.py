@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from server.bus import FRAMES, batches
 from server.store.base import StoreBase
 
 
@@ -36,12 +37,19 @@ class SessionQueries(StoreBase):
                     records=_runs(frames),
                     columns=("stream_key", "first_seq", "last_seq", "frames"),
                 )
+            for payload in batches(sorted({key for key, *_ in progress})):
+                await conn.execute("SELECT pg_notify($1, $2)", FRAMES, payload)
             if progress:
                 await conn.executemany(
                     "UPDATE streams SET last_seq = $4, finished = $5, updated_at = now()"
                     " WHERE user_id = $2 AND stream_id = $3 AND stream_key = $1",
                     progress,
                 )
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """Send a notification to every listening server process."""
+        async with self._conn() as conn:
+            await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
 
     async def stream_record(
         self, user_id: str, stream_id: str, max_age_s: float
@@ -122,6 +130,44 @@ class SessionQueries(StoreBase):
             await conn.execute(
                 "DELETE FROM rate_windows WHERE window_start < now() - interval '5 minutes'"
             )
+
+
+PRESENCE_TTL_S = 30.0  # a process that has not heartbeated for this long counts as gone
+
+
+class PresenceQueries(StoreBase):
+    """Per-user connections and streams of every live server process."""
+
+    async def heartbeat(self, owner: str, rows: list[tuple[str, int, int]]) -> None:
+        """Mark this process alive and replace its per-user counts (user, connections, streams)."""
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO owners (owner) VALUES ($1) ON CONFLICT (owner) DO UPDATE SET heartbeat = now()",
+                owner,
+            )
+            await conn.execute("DELETE FROM presence WHERE owner = $1", owner)
+            if rows:
+                await conn.executemany(
+                    "INSERT INTO presence (owner, user_id, connections, streams) VALUES ($1, $2, $3, $4)",
+                    [(owner, *row) for row in rows],
+                )
+
+    async def presence_elsewhere(self, owner: str, user_id: str) -> tuple[int, int]:
+        """(connections, live streams) of this user on other live processes."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT coalesce(sum(p.connections), 0) AS c, coalesce(sum(p.streams), 0) AS s"
+                " FROM presence p JOIN owners o USING (owner) WHERE p.user_id = $1 AND p.owner <> $2"
+                " AND o.heartbeat > now() - make_interval(secs => $3)",
+                user_id, owner, PRESENCE_TTL_S,
+            )  # fmt: skip
+        assert row is not None
+        return int(row["c"]), int(row["s"])
+
+    async def drop_owner(self, owner: str) -> None:
+        """This process stops: forget its counts."""
+        async with self._conn() as conn:
+            await conn.execute("DELETE FROM owners WHERE owner = $1", owner)
 
 
 def _runs(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, int, str]]:
