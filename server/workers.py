@@ -54,11 +54,9 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int, *, loo
         for process in processes:
             process.join()
         sock.close()
-        return (
-            max((p.exitcode or 0) for p in processes if p.exitcode != -signal.SIGTERM)
-            if processes
-            else 0
-        )
+        # uvicorn re-raises SIGTERM in a worker once it has drained: that is a clean stop
+        failures = [p.exitcode for p in processes if p.exitcode not in (0, -signal.SIGTERM, None)]
+        return 1 if failures else 0
     finally:
         if embedded is not None:
             embedded.stop()
