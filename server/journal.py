@@ -49,12 +49,14 @@ class FrameJournal:
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = time.monotonic()
         self._followed: dict[str, float] = {}
+        self._soon = False
         self._closed = False
 
     def started(self, stream: Stream) -> None:
         """A new stream (replacing any earlier one with the same user and id)."""
         self._batch.starts.append((stream.user_id, stream.id, stream.key, stream.kind))
         self._poke()
+        self._soon = True  # another process may be asked to resume it any moment
 
     def frame(self, stream: Stream, seq: int, data: bytes) -> None:
         """A committed frame."""
@@ -71,6 +73,9 @@ class FrameJournal:
         self._poke()
 
     def _interval(self) -> float:
+        if self._soon:
+            self._soon = False
+            return FOLLOWED_INTERVAL_S
         if self._followed:
             now = time.monotonic()
             self._followed = {k: t for k, t in self._followed.items() if t > now}

@@ -18,6 +18,7 @@ from server.store import Store
 
 log = logging.getLogger(__name__)
 
+JOURNAL_LAG_S = 1.0  # how long the journal may trail the process generating a stream
 POLL_S = 1.0  # without notifications (no listener, or a pooled connection) polling still finishes the job
 STALLED_S = 60.0  # an unfinished stream with no new frame for this long lost its process
 _TERMINAL = (b'{"type":"done"', b'{"type":"error"')
@@ -68,10 +69,17 @@ class StoredStream:
     ) -> StoredStream | None:
         """The stored stream, or None when there is none for this user within retention."""
         record = await store.stream_record(user_id, stream_id, retention_s)
+        for _ in range(int(JOURNAL_LAG_S / 0.1)):
+            if record is not None:
+                break
+            # the process generating it journals in batches: a client that reconnected at once
+            # may be ahead of the journal
+            await asyncio.sleep(0.1)
+            record = await store.stream_record(user_id, stream_id, retention_s)
         if record is None:
             return None
-        key, _owner, last_seq, _finished = record
-        if after_seq > last_seq:
+        key, _owner, last_seq, finished = record
+        if finished and after_seq > last_seq:
             raise InvalidMessage(
                 f"after_seq {after_seq} is past the stream's last frame ({last_seq})"
             )

@@ -1,0 +1,144 @@
+"""Two server processes on one Postgres: resume and cancel across them, limits counted across both."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from server.fake_llm import FakeLLM, FakeLLMConfig
+from tests.chat_client import ChatClient, connect, deltas
+from tests.conftest import JWT_SECRET, free_port, token_for
+
+
+@pytest.fixture
+def paced_llm(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
+    saved = fake_llm.config
+    fake_llm.config = FakeLLMConfig(tokens_per_answer=120, tokens_per_second=40)
+    yield fake_llm
+    fake_llm.config = saved
+
+
+@asynccontextmanager
+async def serving(
+    name: str, tmp: Path, index: Path, database_url: str, llm: FakeLLM, **env: str
+) -> AsyncIterator[str]:
+    """`textbook-chat serve` as its own process; yields its socket URL."""
+    data = tmp / name
+    await asyncio.to_thread(shutil.copytree, index, data / "qdrant")
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "DATA_DIR": str(data),
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": JWT_SECRET,
+        "OPENAI_BASE_URL": llm.base_url,
+        "OPENAI_API_KEY": "test",
+        **env,
+    }
+    with (tmp / f"{name}.log").open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--port",
+            str(port),
+            env=full_env,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(600):
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+        yield f"ws://127.0.0.1:{port}/v1/chat"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+@asynccontextmanager
+async def two_servers(
+    tmp: Path, tmp_data_dir: Path, database_url: str, llm: FakeLLM, **env: str
+) -> AsyncIterator[tuple[str, str]]:
+    index = tmp_data_dir / "main" / "qdrant"
+    async with AsyncExitStack() as stack:
+        a, b = await asyncio.gather(
+            stack.enter_async_context(serving("a", tmp, index, database_url, llm, **env)),
+            stack.enter_async_context(serving("b", tmp, index, database_url, llm, **env)),
+        )
+        yield a, b
+
+
+async def _deltas_until(chat: ChatClient, sid: str, n: int) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    while sum(1 for f in frames if f["type"] == "delta") < n:
+        frame = await chat.recv()
+        if frame.get("id") == sid:
+            frames.append(frame)
+    return frames
+
+
+async def test_resume_and_cancel_across_processes(
+    tmp_path: Path, tmp_data_dir: Path, database_url: str, paced_llm: FakeLLM, live: Any
+) -> None:
+    async with two_servers(tmp_path, tmp_data_dir, database_url, paced_llm) as (a, b):
+        token = token_for("nomad")
+        # resume on the other process: exact replay, then the live rest
+        async with connect(a, token) as chat:
+            await chat.send(type="ask", id="trip", question="How do humanoids keep balance?")
+            seen = await _deltas_until(chat, "trip", 4)
+        last = seen[-1]["seq"]
+        async with connect(b, token) as chat:
+            await chat.send(type="resume", id="trip", after_seq=last)
+            rest = await chat.stream("trip", timeout=30)
+        assert [f["seq"] for f in rest] == list(range(last + 1, last + 1 + len(rest)))
+        assert rest[-1]["type"] == "done" and rest[-1]["finish_reason"] == "stop"
+        saved = await live.services.store.list_messages("nomad", seen[0]["conversation_id"])
+        assert saved[0]["answer"] == deltas(seen) + deltas(rest)
+
+        # cancel sent to B stops the upstream request generating in A
+        disconnected = paced_llm.streams_disconnected
+        async with connect(a, token) as on_a, connect(b, token) as on_b:
+            await on_a.send(type="ask", id="stop-me", question="Explain the capture point")
+            await _deltas_until(on_a, "stop-me", 2)
+            await on_b.send(type="cancel", id="stop-me")
+            frames = await on_a.stream("stop-me")
+        assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "cancelled"
+        await paced_llm.wait_for(lambda: paced_llm.streams_disconnected > disconnected, timeout=3)
+
+
+async def test_limits_hold_across_processes(
+    tmp_path: Path, tmp_data_dir: Path, database_url: str, fake_llm: FakeLLM
+) -> None:
+    env = {"REQUESTS_PER_MINUTE": "4", "MAX_CONNECTIONS_PER_USER": "2"}
+    async with two_servers(tmp_path, tmp_data_dir, database_url, fake_llm, **env) as (a, b):
+        token = token_for("busy")
+        async with connect(a, token) as on_a, connect(b, token) as on_b:
+            await asyncio.sleep(0.6)  # presence reaches the other process
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                async with connect(a, token) as third:
+                    await third.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
+            outcomes = []
+            for i in range(5):
+                chat = on_a if i % 2 == 0 else on_b
+                frames = await chat.ask(f"r{i}", "What is a humanoid?")
+                outcomes.append(frames[-1].get("code", frames[-1]["type"]))
+        if outcomes.count("done") > 4:
+            pytest.skip("a minute boundary fell inside the test")
+        assert outcomes == ["done"] * 4 + ["rate_limited"]
