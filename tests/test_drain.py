@@ -6,17 +6,16 @@ import asyncio
 import os
 import shutil
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import websockets
 
 from server.fake_llm import FakeLLM, FakeLLMConfig
 from tests.chat_client import connect, deltas
 from tests.conftest import JWT_SECRET, LiveServer, free_port, token_for
+from tests.processes import serve_process
 
 
 @pytest.fixture
@@ -43,27 +42,7 @@ async def test_sigterm_drains_then_closes_1012_and_nothing_is_lost(
         "OPENAI_API_KEY": "test",
         "DRAIN_SECONDS": "2",
     }
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--port",
-            str(port),
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
-    try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(600):
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+    async with serve_process(port, env, tmp_path / "serve.log") as proc:
         url = f"ws://127.0.0.1:{port}/v1/chat"
         async with connect(url, token_for("dora")) as chat:
             await chat.send(type="ask", id="long", question="Explain bipedal walking in depth")
@@ -82,14 +61,8 @@ async def test_sigterm_drains_then_closes_1012_and_nothing_is_lost(
                 close_code = closed.rcvd.code if closed.rcvd else None
         assert close_code == 1012
         await asyncio.wait_for(proc.wait(), 30)
-        assert proc.returncode in (
-            0,
-            -signal.SIGTERM,
-        )  # uvicorn re-raises the signal once it is done
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        # uvicorn re-raises the signal once it is done
+        assert proc.returncode in (0, -signal.SIGTERM)
 
     short = [f for f in frames if f.get("id") == "short"]
     assert short[-1]["type"] == "done" and short[-1]["finish_reason"] == "stop", (

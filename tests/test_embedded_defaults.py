@@ -19,6 +19,7 @@ from server.llm import EXTRACTIVE_NOTICE
 from server.pg import pgdata_dir
 from tests.chat_client import connect, deltas
 from tests.conftest import free_port
+from tests.processes import serve_process
 
 CONFIG_VARIABLES = [
     "DATABASE_URL",
@@ -61,34 +62,10 @@ async def _cli(data_dir: Path, *args: str) -> str:
 async def serving(
     data_dir: Path, log: Path
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """`textbook-chat serve` in a subprocess, until /healthz answers."""
+    """`textbook-chat serve` on the embedded defaults, until /healthz answers."""
     port = free_port()
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server.cli", "serve", "--port", str(port),
-            env=_env(data_dir), stdout=out, stderr=out,
-        )  # fmt: skip
-    try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(900):
-                if proc.returncode is not None:
-                    raise AssertionError(f"serve exited early:\n{_tail(log)}")
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
-            else:
-                raise AssertionError(f"serve did not start:\n{_tail(log)}")
+    async with serve_process(port, _env(data_dir), log, ready_path="/healthz") as proc:
         yield proc, port
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-def _tail(log: Path) -> str:
-    return log.read_text()[-3000:]
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
@@ -150,4 +127,4 @@ async def test_serve_answers_on_embedded_defaults_and_stops_its_postgres(
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
     assert _postmaster_pid(pgdata) is None
-    assert "configuration error" not in _tail(log)
+    assert "configuration error" not in log.read_text()

@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 
 from server.fake_llm import FakeLLM, FakeLLMConfig
 from tests.chat_client import ChatClient, connect, deltas
 from tests.conftest import JWT_SECRET, free_port, token_for
+from tests.processes import serve_process
 
 
 @pytest.fixture
@@ -45,28 +44,8 @@ async def serving(
         "OPENAI_API_KEY": "test",
         **env,
     }
-    with (tmp / f"{name}.log").open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--port",
-            str(port),
-            env=full_env,
-            stdout=log,
-            stderr=log,
-        )
-    try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(600):
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+    async with serve_process(port, full_env, tmp / f"{name}.log") as proc:
         yield f"ws://127.0.0.1:{port}/v1/chat"
-    finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
 
