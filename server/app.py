@@ -139,7 +139,11 @@ async def profile(request: Request) -> Response:
 # ---- the widget, the demo page and its dev token -------------------------------------------
 
 STATIC_DIR = Path(__file__).parent / "static"
-_ASSET_TYPES = {".js": "text/javascript; charset=utf-8", ".html": "text/html; charset=utf-8"}
+_ASSET_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+}
 # Not versioned by URL, so kept short; the ETag makes the revalidation a 304.
 ASSET_CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=86400"
 DEV_TOKEN_TTL_S = 900
@@ -170,7 +174,7 @@ def _not_found() -> Response:
 
 
 async def static_asset(request: Request) -> Response:
-    """widget.js, reader.js and demo.js: cacheable, revalidated by ETag."""
+    """The widget's scripts and styles: cacheable, revalidated by ETag."""
     asset = await _asset(request, request.url.path.lstrip("/"))
     headers = {
         "ETag": asset.etag,
@@ -241,14 +245,12 @@ async def demo_page(request: Request) -> Response:
         f"{html.escape(title)}</a></li>"
         for cid, (title, url) in chapters.items()
     )
-    ws_scheme = "wss" if request.url.scheme == "https" else "ws"
     template = (await _asset(request, "demo.html")).body.decode()
     page = string.Template(template).substitute(
         title=html.escape(chapter.title),
         chapter=html.escape(chapter.id),
         markdown=html.escape(chapter.markdown),
         nav=nav,
-        server=html.escape(f"{ws_scheme}://{request.url.netloc}/v1/chat"),
     )
     headers = {"Content-Security-Policy": DEMO_CSP, "Cache-Control": "no-cache"}
     return HTMLResponse(page, headers=headers)
@@ -288,6 +290,7 @@ def create_app(
         Route("/v1/conversations", conversations),
         Route("/v1/conversations/{id}/messages", conversation_messages),
         Route("/widget.js", static_asset),
+        Route("/widget.css", static_asset),
         Route("/reader.js", static_asset),
         Route("/demo.js", static_asset),
         Route("/dev/token", dev_token),

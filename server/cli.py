@@ -17,7 +17,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from server.errors import ConfigError
+from server.errors import ConfigError, RetrievalUnavailable
 from server.settings import Settings, is_loopback_host
 
 log = logging.getLogger("textbook_chat")
@@ -145,9 +145,8 @@ async def _serve(settings: Settings, host: str, port: int) -> int:
 
 
 async def _ingest(settings: Settings, path: Path, base_url: str, recreate: bool) -> int:
-    from server.embeddings import make_embedder
     from server.ingest import ingest_book
-    from server.services import connect_store, open_vector_store, openai_client
+    from server.services import connect_store, embedder_for, open_vector_store, openai_client
     from server.vectorstore import Bm25Encoder
 
     if not await asyncio.to_thread(path.is_dir):
@@ -158,19 +157,22 @@ async def _ingest(settings: Settings, path: Path, base_url: str, recreate: bool)
         client = openai_client(settings) if settings.model_configured else None
         if client is not None:
             stack.push_async_callback(client.close)
-        embedder = make_embedder(
-            settings.embedding_provider,
-            openai_client=client,
-            openai_model=settings.embedding_model,
-            openai_dim=settings.embedding_dimensions,
-        )
+        embedder = embedder_for(settings, client)
         stack.push_async_callback(embedder.aclose)
         vectors = open_vector_store(settings)
         stack.push_async_callback(vectors.aclose)
-        if recreate:
-            await vectors.recreate(dim=embedder.dim, embedding_model=embedder.model_name)
-        else:
-            await vectors.open(dim=embedder.dim, embedding_model=embedder.model_name)
+        try:
+            if recreate:
+                await vectors.recreate(dim=embedder.dim, embedding_model=embedder.model_name)
+            else:
+                await vectors.open(dim=embedder.dim, embedding_model=embedder.model_name)
+        except RetrievalUnavailable as exc:
+            if settings.qdrant_url:
+                raise ConfigError(f"QDRANT_URL: {exc.message}") from None
+            raise ConfigError(
+                "DATA_DIR: the embedded index is open in a running server (it is single-process);"
+                " stop the server to ingest, or use a Qdrant server (QDRANT_URL)"
+            ) from None
         report = await ingest_book(
             path,
             store=store,

@@ -111,12 +111,7 @@ class Services:
             llm_client = openai_client(settings) if settings.model_configured else None
             if llm_client is not None:
                 stack.push_async_callback(llm_client.close)
-            embedder = make_embedder(
-                settings.embedding_provider,
-                openai_client=llm_client,
-                openai_model=settings.embedding_model,
-                openai_dim=settings.embedding_dimensions,
-            )
+            embedder = embedder_for(settings, llm_client)
             stack.push_async_callback(embedder.aclose)
             vectors = await asyncio.to_thread(open_vector_store, settings, replica=replica)
             if replica and not settings.qdrant_url:
@@ -234,6 +229,16 @@ async def connect_store(
 
 async def _ping_model(client: openai.AsyncOpenAI) -> None:
     await client.with_options(max_retries=0, timeout=3.0).models.list()
+
+
+def embedder_for(settings: Settings, client: openai.AsyncOpenAI | None) -> Embedder:
+    """The configured embedder (EMBEDDING_PROVIDER), with the model client when it is OpenAI's."""
+    return make_embedder(
+        settings.embedding_provider,
+        openai_client=client,
+        openai_model=settings.embedding_model,
+        openai_dim=settings.embedding_dimensions,
+    )
 
 
 def open_vector_store(settings: Settings, *, replica: bool = False) -> VectorStore:

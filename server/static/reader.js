@@ -23,20 +23,6 @@
   ];
   const LEVELS = ["beginner", "intermediate", "advanced"];
 
-  const CSS = `
-.tc-reader{--tc-accent:#2e6bd1;--tc-line:#d5dae1;display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin:0 0 18px;padding:8px 10px;border:1px solid var(--tc-line);border-radius:10px;font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
-.tc-reader[hidden],.tc-reader [hidden]{display:none!important}
-.tc-reader button{border:1px solid var(--tc-accent);border-radius:8px;padding:5px 12px;background:transparent;color:var(--tc-accent);font-weight:600}
-.tc-reader button.tc-primary{background:var(--tc-accent);color:#fff}
-.tc-reader select,.tc-reader textarea{font:inherit;padding:4px 6px;border:1px solid var(--tc-line);border-radius:6px;background:transparent;color:inherit}
-.tc-reader-status{flex-basis:100%;color:#5b626d;min-height:1em}
-.tc-reader-status:empty{display:none}
-.tc-profile{flex-basis:100%;display:grid;gap:6px;padding-top:6px;border-top:1px solid var(--tc-line)}
-.tc-profile label{font-weight:600}.tc-profile p{margin:0}
-.tc-profile-error{color:#b42318}
-.tc-reader-output[dir=rtl]{font-family:"Noto Nastaliq Urdu","Jameel Noori Nastaleeq","Noto Naskh Arabic",system-ui,sans-serif;line-height:2}
-.tc-reader-output[aria-busy=true]::after{content:"…";color:#5b626d}`;
-
   const findTarget = () =>
     document.querySelector("[data-textbook-reader]") ||
     document.querySelector(".theme-doc-markdown") ||
@@ -195,7 +181,6 @@
     TC.reader = target && chapter ? new Reader(target, chapter) : null;
   }
   const start = () => {
-    document.head.append(el("style", { id: "tc-reader-style", text: CSS }));
     TC.reader = null;
     mount();
     let pending = false;

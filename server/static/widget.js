@@ -10,8 +10,6 @@
 
   const ESC = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
   const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => ESC[c]);
-  const unescapeHtml = (s) =>
-    s.replace(/&(amp|lt|gt|quot|#39);/g, (m, e) => ({ amp: "&", lt: "<", gt: ">", quot: '"', "#39": "'" })[e]);
 
   /** An absolute http(s) URL for `raw` (relative ones resolve against the page), else null. */
   function safeUrl(raw) {
@@ -446,6 +444,7 @@
     return res;
   }
 
+  // Storage may be disabled: then the conversation just does not survive a page load.
   const store = {
     get(key, session = false) {
       try {
@@ -457,29 +456,13 @@
     set(key, value, session = false) {
       try {
         const s = session ? sessionStorage : localStorage;
-        if (value === null || value === undefined) s.removeItem(storeKey + ":" + key);
-        else s.setItem(storeKey + ":" + key, JSON.stringify(value));
-      } catch {
-        /* storage disabled: the conversation just does not survive a page load */
-      }
+        value == null ? s.removeItem(storeKey + ":" + key) : s.setItem(storeKey + ":" + key, JSON.stringify(value));
+      } catch {}
     },
   };
 
   const client = new ChatClient(serverUrl);
-  const TextbookChat = {
-    version: 1,
-    client,
-    serverUrl,
-    apiBase,
-    api,
-    store,
-    renderMarkdown,
-    escapeHtml,
-    safeUrl,
-    chapterFor,
-    newId,
-    unescapeHtml,
-  };
+  const TextbookChat = { version: 1, client, serverUrl, apiBase, api, store, renderMarkdown, escapeHtml, safeUrl, chapterFor, newId };
   window.TextbookChat = TextbookChat;
 
   const el = (tag, props = {}, ...children) => {
@@ -497,50 +480,6 @@
 
   // ---- the floating panel -------------------------------------------------------------------
 
-  const CSS = `
-.tc-root{--tc-accent:#2e6bd1;--tc-bg:#fff;--tc-fg:#1c1e21;--tc-muted:#5b626d;--tc-line:#d5dae1;--tc-soft:#f2f4f7;--tc-code:#f6f8fa;color:var(--tc-fg);font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","Noto Nastaliq Urdu",sans-serif}
-html[data-theme=dark] .tc-root,html[data-theme=dark] .tc-reader{--tc-accent:#7aa7ff;--tc-bg:#1f2023;--tc-fg:#e5e7eb;--tc-muted:#a3a9b3;--tc-line:#3b3f46;--tc-soft:#2a2c31;--tc-code:#2a2c31}
-.tc-root button,.tc-reader button{font:inherit;cursor:pointer}
-.tc-root :focus-visible,.tc-reader :focus-visible{outline:2px solid var(--tc-accent);outline-offset:2px}
-.tc-launcher{position:fixed;bottom:20px;inset-inline-end:20px;z-index:2147483000;border:0;border-radius:999px;padding:12px 18px;background:var(--tc-accent);color:#fff;font-weight:600;box-shadow:0 6px 20px rgba(0,0,0,.2)}
-.tc-panel{position:fixed;bottom:78px;inset-inline-end:20px;z-index:2147483001;display:flex;flex-direction:column;width:min(420px,calc(100vw - 24px));height:min(620px,calc(100vh - 100px));background:var(--tc-bg);border:1px solid var(--tc-line);border-radius:14px;box-shadow:0 14px 44px rgba(0,0,0,.2);overflow:hidden}
-.tc-panel[hidden],.tc-root [hidden]{display:none!important}
-.tc-head{display:flex;align-items:center;gap:8px;padding:10px 12px;border-bottom:1px solid var(--tc-line)}
-.tc-head h2{flex:1;margin:0;font-size:16px}
-.tc-icon{border:0;background:none;color:inherit;font-size:22px;line-height:1;padding:2px 8px;border-radius:6px}
-.tc-link{border:1px solid var(--tc-line);background:var(--tc-bg);color:inherit;border-radius:6px;padding:3px 10px;font-size:13px}
-.tc-status{display:flex;gap:8px;align-items:center;padding:6px 12px;font-size:13px;background:#fff6db;color:#5c4400}
-.tc-root[data-state=error] .tc-status{background:#fde8e8;color:#7a1616}
-.tc-log{flex:1;overflow-y:auto;padding:12px 14px}
-.tc-msg{margin:0 0 14px}
-.tc-user{margin-inline-start:14%;padding:8px 12px;border-radius:12px;background:var(--tc-soft);white-space:pre-wrap}
-.tc-user blockquote{margin:6px 0 0;padding-inline-start:8px;border-inline-start:3px solid var(--tc-accent);color:var(--tc-muted);font-size:13px}
-.tc-typing{color:var(--tc-muted);font-style:italic}
-.tc-sources{margin-top:6px;font-size:13px}
-.tc-sources h3{margin:0;font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--tc-muted)}
-.tc-sources ol{margin:2px 0 0;padding-inline-start:20px}
-.tc-meta{margin:4px 0 0;font-size:13px;color:var(--tc-muted)}
-.tc-meta button{margin-inline-start:8px}
-.tc-quote{display:flex;gap:6px;align-items:flex-start;margin:0 12px;padding:6px 8px;border-inline-start:3px solid var(--tc-accent);background:var(--tc-soft);font-size:13px}
-.tc-quote-text{flex:1;max-height:4.5em;overflow:hidden}
-.tc-form{display:flex;gap:8px;align-items:flex-end;padding:10px 12px;border-top:1px solid var(--tc-line)}
-.tc-form textarea{flex:1;resize:none;font:inherit;padding:8px;border:1px solid var(--tc-line);border-radius:8px;background:var(--tc-bg);color:inherit}
-.tc-send,.tc-stop,.tc-primary{border:0;border-radius:8px;padding:8px 14px;background:var(--tc-accent);color:#fff;font-weight:600}
-.tc-stop{background:#b42318}
-.tc-send:disabled{opacity:.5;cursor:default}
-.tc-ask-selection{position:absolute;z-index:2147483002;border:0;border-radius:8px;padding:6px 12px;background:var(--tc-accent);color:#fff;font-weight:600;box-shadow:0 4px 14px rgba(0,0,0,.25)}
-.tc-sr-only{position:absolute!important;width:1px;height:1px;margin:-1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap;border:0}
-.tc-md p{margin:.45em 0}.tc-md pre{direction:ltr;text-align:left;overflow:auto;padding:10px 12px;border-radius:8px;background:var(--tc-code,#f6f8fa);font-size:13px;line-height:1.45}
-.tc-md code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em}
-.tc-md ul,.tc-md ol{padding-inline-start:1.4em}.tc-md blockquote{margin:.5em 0;padding-inline-start:10px;border-inline-start:3px solid var(--tc-line,#ccc)}
-.tc-md h3,.tc-md h4,.tc-md h5{margin:.7em 0 .3em}
-.tc-table{overflow-x:auto}.tc-md table{border-collapse:collapse}.tc-md th,.tc-md td{border:1px solid var(--tc-line,#ccc);padding:4px 8px;text-align:start}
-.tc-admonition{margin:.8em 0;padding:8px 12px;border-inline-start:4px solid #4c8bf5;border-radius:6px;background:rgba(76,139,245,.08)}
-.tc-admonition-warning,.tc-admonition-caution,.tc-admonition-danger{border-color:#e0a100;background:rgba(224,161,0,.1)}
-.tc-admonition-tip{border-color:#2e9a5b;background:rgba(46,154,91,.09)}
-.tc-admonition-title{margin:0;font-weight:700}
-@media (max-width:520px){.tc-panel{inset-inline-end:0;bottom:0;width:100vw;height:100vh;border-radius:0}}`;
-
   const truncate = (s, n) => (s.length > n ? s.slice(0, n - 1) + "…" : s);
   const speakable = (md) => plain(md.replace(/^```.*$/gm, "").replace(/^[#>|\s-]+/gm, " ")).replace(/\s+/g, " ");
 
@@ -556,6 +495,7 @@ html[data-theme=dark] .tc-root,html[data-theme=dark] .tc-reader{--tc-accent:#7aa
     }
 
     reset() {
+      this.body.replaceChildren(el("span", { class: "tc-typing", text: "Thinking…" }));
       this.text = "";
       this.spoken = 0;
       this.meta.hidden = true;
@@ -608,7 +548,8 @@ html[data-theme=dark] .tc-root,html[data-theme=dark] .tc-reader{--tc-accent:#7aa
       this.retry = btn({ class: "tc-link", onclick: () => this.reconnect() }, "Retry now");
       this.status = el("div", { class: "tc-status", role: "status", hidden: true }, this.statusText, this.retry);
       this.history = el("div");
-      this.log = el("div", { class: "tc-log", tabindex: "0", role: "region", "aria-label": "Conversation" }, this.history);
+      this.hint = el("p", { class: "tc-hint", text: "Ask anything about the book, or highlight a passage on the page and choose “Ask about this”." });
+      this.log = el("div", { class: "tc-log", tabindex: "0", role: "region", "aria-label": "Conversation" }, this.history, this.hint);
       this.live = el("div", { class: "tc-sr-only", "aria-live": "polite" });
       this.quoteText = el("span", { class: "tc-quote-text", dir: "auto" });
       this.quote = el("div", { class: "tc-quote", hidden: true }, el("span", { text: "Asking about:" }), this.quoteText, btn({ class: "tc-icon", "aria-label": "Remove the highlighted passage", onclick: () => this.setSelection(null) }, "×"));
@@ -625,7 +566,11 @@ html[data-theme=dark] .tc-root,html[data-theme=dark] .tc-reader{--tc-accent:#7aa
         head, this.status, this.log, this.quote, this.form, this.live);
       this.askSel = btn({ class: "tc-ask-selection", hidden: true, "aria-keyshortcuts": "Alt+Shift+A", onmousedown: (e) => e.preventDefault(), onclick: () => this.askAboutSelection() }, "Ask about this");
       this.root = el("div", { class: "tc-root", "data-state": "idle" }, this.panel, this.launcher, this.askSel);
-      document.head.append(el("style", { id: "tc-style", text: CSS }));
+      // Styles come from widget.css beside this script; the widget shows once they apply.
+      this.root.hidden = true;
+      const css = el("link", { rel: "stylesheet", href: new URL("widget.css", scriptUrl).href });
+      css.onload = css.onerror = () => (this.root.hidden = false);
+      document.head.append(css);
       document.body.append(this.root);
 
       this.input.addEventListener("keydown", (e) => {
@@ -729,7 +674,7 @@ html[data-theme=dark] .tc-root,html[data-theme=dark] .tc-reader{--tc-accent:#7aa
     newConversation() {
       store.set("conversation", null);
       this.history.replaceChildren();
-      this.log.replaceChildren(this.history);
+      this.log.replaceChildren(this.history, this.hint);
       this.input.focus();
     }
 
@@ -759,9 +704,10 @@ html[data-theme=dark] .tc-root,html[data-theme=dark] .tc-reader{--tc-accent:#7aa
       this.setBusy(true);
       const pending = (store.get("pending", true) || []).filter((p) => p.id !== frame.id);
       store.set("pending", [...pending, frame], true);
+      clearInterval(this.speaker);
       this.speaker = setInterval(() => this.speak(view, false), 1500);
       client.request(frame, (f) => this.onFrame(frame, view, f), { sent: resumed });
-      this.scroll(true);
+      this.scroll();
     }
 
     onFrame(frame, view, f) {
@@ -778,6 +724,7 @@ html[data-theme=dark] .tc-root,html[data-theme=dark] .tc-reader{--tc-accent:#7aa
 
     failed(frame, view, f) {
       const again = () => {
+        if (this.active && this.active.id !== frame.id) return; // another question is running
         clearTimeout(this.rateTimer);
         view.reset();
         this.start({ ...frame, id: newId("ask") }, view);
@@ -837,8 +784,8 @@ html[data-theme=dark] .tc-root,html[data-theme=dark] .tc-reader{--tc-accent:#7aa
       if (words) this.live.textContent = words;
     }
 
-    scroll(force) {
-      if (force || this.log.scrollHeight) this.log.scrollTop = this.log.scrollHeight;
+    scroll() {
+      this.log.scrollTop = this.log.scrollHeight;
     }
 
     async loadHistory() {
@@ -858,7 +805,7 @@ html[data-theme=dark] .tc-root,html[data-theme=dark] .tc-reader{--tc-accent:#7aa
           view.finish(notes[m.status]);
           this.history.append(this.userMessage(m.question, m.selection), view.el);
         }
-        this.scroll(true);
+        this.scroll();
       } catch {
         /* no history over a broken network: the chat itself still works */
       }

@@ -49,14 +49,7 @@ class ConversationQueries(StoreBase):
                     title[:200],
                 )
                 return str(new_id), []
-            conv = _parse_uuid(conversation_id)
-            owner = (
-                await conn.fetchval("SELECT user_id FROM conversations WHERE id = $1", conv)
-                if conv
-                else None
-            )
-            if owner != user_id:
-                raise NotFound("no such conversation")
+            conv = await _owned_conversation(conn, user_id, conversation_id)
             rows = await conn.fetch(
                 "SELECT question, answer FROM messages WHERE conversation_id = $1 AND status = 'complete'"
                 " ORDER BY created_at DESC LIMIT $2",
@@ -124,15 +117,8 @@ class ConversationQueries(StoreBase):
 
     async def list_messages(self, user_id: str, conversation_id: str) -> list[dict[str, Any]]:
         """Messages of the user's conversation, oldest first; NotFound for anyone else's."""
-        conv = _parse_uuid(conversation_id)
         async with self._conn() as conn:
-            owner = (
-                await conn.fetchval("SELECT user_id FROM conversations WHERE id = $1", conv)
-                if conv
-                else None
-            )
-            if owner != user_id:
-                raise NotFound("no such conversation")
+            conv = await _owned_conversation(conn, user_id, conversation_id)
             rows = await conn.fetch(
                 "SELECT id::text AS id, stream_id, question, selection, chapter_id, answer, sources, status,"
                 " error_code, prompt_tokens, completion_tokens, model, timings, created_at, finished_at"
@@ -170,6 +156,19 @@ class ConversationQueries(StoreBase):
                 user_id, profile.software_background, profile.hardware_background,
                 profile.level, profile.language,
             )  # fmt: skip
+
+
+async def _owned_conversation(conn: Any, user_id: str, conversation_id: str) -> uuid.UUID:
+    """The conversation's id if it belongs to this user; NotFound otherwise (also for bad ids)."""
+    conv = _parse_uuid(conversation_id)
+    owner = (
+        await conn.fetchval("SELECT user_id FROM conversations WHERE id = $1", conv)
+        if conv
+        else None
+    )
+    if conv is None or owner != user_id:
+        raise NotFound("no such conversation")
+    return conv
 
 
 def _parse_uuid(value: str) -> uuid.UUID | None:
