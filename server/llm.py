@@ -172,4 +172,7 @@ def _excerpt(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     cut = text.rfind(" ", 0, limit)
-    return text[: cut if cut > limit // 2 else limit].rstrip() + " …"
+    excerpt = text[: cut if cut > limit // 2 else limit].rstrip() + " …"
+    if excerpt.count("```") % 2:  # cut inside a code block: close it, or the rest renders as code
+        excerpt += "\n```"
+    return excerpt

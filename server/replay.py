@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 JOURNAL_LAG_S = 1.0  # how long the journal may trail the process generating a stream
 POLL_S = 1.0  # without notifications (no listener, or a pooled connection) polling still finishes the job
 STALLED_S = 60.0  # an unfinished stream with no new frame for this long lost its process
-_TERMINAL = (b'{"type":"done"', b'{"type":"error"')
+_TERMINAL = ('{"type":"done"', '{"type":"error"')
 
 
 class Reader(Protocol):
@@ -49,7 +49,7 @@ class StoredStream:
         self.ended = False
         self._store = store
         self._key = key
-        self._frames: deque[bytes] = deque()
+        self._frames: deque[str] = deque()
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._last_progress = time.monotonic()
@@ -95,7 +95,7 @@ class StoredStream:
     async def _fetch(self) -> None:
         rows = await self._store.stream_frames(self._key, self._seq)
         for seq, frame in rows:
-            data = frame.encode()
+            data = frame
             self._frames.append(data)
             self._seq = seq
             self.ended = self.ended or data.startswith(_TERMINAL)
@@ -123,7 +123,7 @@ class StoredStream:
                             id=self.id,
                             seq=self._seq + 1,
                         )
-                    )
+                    ).decode()
                 )
                 self.ended = True
                 if self.consumer is not None:
@@ -133,7 +133,7 @@ class StoredStream:
         """True when frames are waiting."""
         return bool(self._frames)
 
-    def take(self) -> bytes | None:
+    def take(self) -> str | None:
         """The next frame, or None."""
         return self._frames.popleft() if self._frames else None
 

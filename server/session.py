@@ -54,7 +54,7 @@ ABUSE_WINDOW_S = 10.0
 ABUSE_LIMIT = 50  # invalid frames per window before 1008
 CONTROL_FRAMES = 64  # queued pongs and errors before the peer counts as flooding
 MAX_BUFFERED_CHARS = 1_000_000  # text waiting for a slow reader, across its streams
-_DELTA = b'{"type":"delta"'
+_DELTA = '{"type":"delta"'
 
 
 class Connection:
@@ -67,7 +67,7 @@ class Connection:
         self.session_id = str(uuid.uuid4())
         self.identity: Identity | None = None
         self.streams: dict[str, Stream | StoredStream] = {}
-        self._control: deque[bytes] = deque()
+        self._control: deque[str] = deque()
         self._ready: dict[int, Stream | StoredStream] = {}
         self._wake = asyncio.Event()
         self._close_request: tuple[int, str] | None = None
@@ -385,7 +385,7 @@ class Connection:
         if len(self._control) >= CONTROL_FRAMES:
             self.close(CloseCode.POLICY_VIOLATION, "too many frames without reading the answers")
             return
-        self._control.append(codec.encode(frame))
+        self._control.append(codec.encode(frame).decode())
         self._wake.set()
 
     def _reject(self, exc: ChatError, stream_id: str | None = None) -> None:
@@ -397,7 +397,7 @@ class Connection:
             self._close_request = (code, reason[:120])
             self._wake.set()
 
-    def _next(self) -> tuple[bytes, Stream | StoredStream | None] | None:
+    def _next(self) -> tuple[str, Stream | StoredStream | None] | None:
         if self._control:
             return self._control.popleft(), None
         if self._close_request is not None:
@@ -430,7 +430,7 @@ class Connection:
                 data, source = item
                 try:
                     await asyncio.wait_for(
-                        ws.send({"type": "websocket.send", "text": data.decode()}),
+                        ws.send({"type": "websocket.send", "text": data}),
                         self.settings.slow_client_s,
                     )
                 except TimeoutError:
