@@ -32,23 +32,18 @@ from websockets.asyncio.client import ClientConnection
 
 from bench.harness import (
     JWT_SECRET,
-    LagProbe,
     Target,
-    fmt,
     free_port,
-    machine_line,
-    pct,
     pin_self,
     raise_fd_limit,
-    ratio,
     run,
     server_env,
     server_home,
     spawn,
     split_cores,
-    table,
     wait_http_ok,
 )
+from bench.measure import LagProbe, fmt, machine_line, pct, ratio, table
 from bench.wsclient import open_socket, read_stream, send_ask, tokens
 from server.fake_llm import FakeLLM, FakeLLMConfig, StreamRecord
 from server.loadtest import LoadConfig, run_load

@@ -36,7 +36,12 @@ async def _time_one(model: OpenAIChatModel, markdown: str, concurrency: int) -> 
             first.append(time.perf_counter() - started)
 
     await generate_sections(
-        sections, prompts, model, publish, Generation(0, 0), concurrency=concurrency
+        sections,
+        prompts,
+        model,
+        publish,
+        Generation(prompt_tokens=0, completion_tokens=0),
+        concurrency=concurrency,
     )
     return first[0], time.perf_counter() - started
 

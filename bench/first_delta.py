@@ -1,7 +1,7 @@
 """Benchmark: where the time to first delta goes at 1, 100 and 500 concurrent streams, full
 server against the raw relay (same model client, nothing else) in the same run.
 
-Run: .venv/bin/python -m bench.first_delta [--levels 1,100,500] [--duration 20] [--tokens 100]
+Run: .venv/bin/python -m bench.first_delta [--levels 1,100,500] [--duration 16] [--tokens 100]
          [--targets full,raw] [--no-pin]
 
 Each socket asks distinct questions back to back (so the query embedding cache never hits) for
@@ -17,23 +17,11 @@ import asyncio
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
-from bench.harness import (
-    CpuUse,
-    chat_server,
-    fake_model,
-    fmt,
-    machine_line,
-    pct,
-    pin_self,
-    raise_fd_limit,
-    ratio,
-    relay,
-    run,
-    split_cores,
-    table,
-)
+from bench.harness import chat_server, fake_model, pin_self, raise_fd_limit, relay, run, split_cores
+from bench.measure import CpuUse, fmt, machine_line, pct, ratio, table
 from bench.wsclient import StreamResult, ask, open_socket, tokens
 from server.loadtest import QUESTIONS
 
@@ -72,16 +60,15 @@ def component(result: StreamResult, key: str) -> float | None:
 
 async def drive(
     url: str, concurrency: int, duration: float, ramp: float, stream_tokens: int, level_tag: str
-) -> tuple[list[StreamResult], int]:
+) -> tuple[list[StreamResult], Counter[str]]:
     """`concurrency` sockets asking back to back; the streams asked after the ramp, and errors."""
     token_list = await asyncio.to_thread(tokens, concurrency, f"ttfd-{level_tag}-")
     results: list[StreamResult] = []
-    errors = 0
+    errors: Counter[str] = Counter()
     began = time.perf_counter()
     end, measure_from = began + duration, began + ramp
 
     async def one(i: int) -> None:
-        nonlocal errors
         await asyncio.sleep(ramp * i / concurrency)
         ws = await open_socket(url, token_list[i])
         try:
@@ -94,7 +81,7 @@ async def drive(
                 )
                 result = await ask(ws, f"s{k}", question)
                 if result.finish not in ("stop", "length"):
-                    errors += 1
+                    errors[result.finish or "no terminal frame"] += 1
                 elif result.sent_at >= measure_from:
                     results.append(result)
         finally:
@@ -144,7 +131,9 @@ async def main(args: argparse.Namespace) -> None:
                         results, errors = await drive(
                             target.ws_url, n, args.duration, ramp, stream_tokens, f"{name}{n}"
                         )
-                        found[name][n] = (breakdown(results), len(results), errors)
+                        found[name][n] = (breakdown(results), len(results), sum(errors.values()))
+                        if errors:
+                            print(f"  {name} at {n} streams: errors {dict(errors)}")
                         cpu[name][n] = use.read()
     for name, by_level in found.items():
         rows = []
@@ -183,7 +172,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,100,500")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per level")
+    parser.add_argument("--duration", type=float, default=16.0, help="seconds per level")
     parser.add_argument("--tokens", type=int, default=100, help="tokens per answer above 1 stream")
     parser.add_argument("--targets", default="full,raw", help="full and relays (sdk, raw)")
     parser.add_argument("--no-pin", action="store_true", help="let every process use every CPU")

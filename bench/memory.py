@@ -28,18 +28,14 @@ from bench.harness import (
     Target,
     chat_server,
     fake_model,
-    fmt,
-    machine_line,
     pin_self,
     raise_fd_limit,
-    ratio,
     relay,
-    rss_mb,
     run,
     server_home,
     split_cores,
-    table,
 )
+from bench.measure import fmt, machine_line, ratio, rss_mb, table
 from bench.wsclient import (
     StreamResult,
     ask,

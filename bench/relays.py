@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
+import httpx2
 import msgspec
 import openai
 import uvicorn
@@ -212,7 +213,8 @@ class RelaySocket:
                 if self.closed:
                     raise  # the socket is gone: nobody to tell
                 finish = "cancelled"
-            except (openai.APIError, msgspec.DecodeError) as exc:
+            # the SDK raises its transport's errors unwrapped while a raw stream is read
+            except (openai.APIError, httpx2.HTTPError, msgspec.DecodeError) as exc:
                 seq += 1
                 await self._send(
                     Error(

@@ -38,6 +38,7 @@ class Cluster:
         self._watchers: defaultdict[str, set[Callable[[], None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
+        self._others_alive = True  # until the first heartbeat says otherwise
         registry.on_change = self._dirty.set
 
     def start(self, dsn: str | None) -> None:
@@ -52,19 +53,22 @@ class Cluster:
 
     async def _presence_loop(self) -> None:
         while True:
+            self._dirty.clear()
+            try:
+                others = await self._store.heartbeat(PROCESS_ID, self._registry.counts())
+                self._others_alive = others > 0
+            except ChatError as exc:
+                log.warning("presence update failed: %s", exc.message)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), HEARTBEAT_S)
             await asyncio.sleep(SYNC_DELAY_S)
-            self._dirty.clear()
-            try:
-                await self._store.heartbeat(PROCESS_ID, self._registry.counts())
-            except ChatError as exc:
-                log.warning("presence update failed: %s", exc.message)
 
     # ---- limits ------------------------------------------------------------------------
 
     async def elsewhere(self, user_id: str) -> tuple[int, int]:
         """(connections, live streams) of the user on other processes; (0, 0) if unknown."""
+        if not self._others_alive:  # a lone process: no round trip
+            return 0, 0
         try:
             return await self._store.presence_elsewhere(PROCESS_ID, user_id)
         except ChatError:

@@ -428,6 +428,8 @@ class Connection:
                     await self._wake.wait()
                     continue
                 data, source = item
+                if isinstance(source, Stream) and data.startswith(_DELTA):
+                    source.sent_delta(time.perf_counter())  # handed to the transport now
                 try:
                     await asyncio.wait_for(
                         ws.send({"type": "websocket.send", "text": data}),
@@ -435,9 +437,6 @@ class Connection:
                     )
                 except TimeoutError:
                     self._too_slow("the client stopped reading")
-                    continue
-                if isinstance(source, Stream) and data.startswith(_DELTA):
-                    source.sent_delta(time.perf_counter())
         except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
             self._close_request = self._close_request or (CloseCode.NORMAL, "")
 

@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from bench.relays import create_relay_app
+from bench.relays import KINDS, RelayKind, create_relay_app
 from server.fake_llm import FakeLLM, expected_reply
 from tests.chat_client import connect, deltas
 from tests.conftest import AppServer
@@ -20,10 +20,10 @@ def test_benchmark_imports_and_says_how_to_run_it(name: str) -> None:
     assert module.__doc__ is not None and f"-m bench.{name}" in module.__doc__
 
 
-@pytest.mark.parametrize("kind", ["sdk", "raw"])
-async def test_relay_carries_one_full_stream(kind: str, fake_llm: FakeLLM) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+async def test_relay_carries_one_full_stream(kind: RelayKind, fake_llm: FakeLLM) -> None:
     question = "How does a relay pass tokens along?"
-    async with AppServer(create_relay_app(kind, fake_llm.base_url)) as server:  # type: ignore[arg-type]
+    async with AppServer(create_relay_app(kind, fake_llm.base_url)) as server:
         url = f"ws://127.0.0.1:{server.port}/v1/chat"
         async with connect(url, token="ignored-by-the-relay") as chat:
             frames = await chat.ask("s1", question)

@@ -49,7 +49,7 @@ class StoreBase:
         self.dsn = dsn  # for connections outside the pool (LISTEN)
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> Self:
+    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 20) -> Self:
         """Open a pool; raise DatabaseUnavailable if the server cannot be reached."""
         with _unavailable_as_chat_error():
             pool = await asyncpg.create_pool(

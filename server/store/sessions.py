@@ -138,8 +138,9 @@ PRESENCE_TTL_S = 30.0  # a process that has not heartbeated for this long counts
 class PresenceQueries(StoreBase):
     """Per-user connections and streams of every live server process."""
 
-    async def heartbeat(self, owner: str, rows: list[tuple[str, int, int]]) -> None:
-        """Mark this process alive and replace its per-user counts (user, connections, streams)."""
+    async def heartbeat(self, owner: str, rows: list[tuple[str, int, int]]) -> int:
+        """Mark this process alive and replace its per-user counts (user, connections, streams);
+        returns how many other processes are alive."""
         async with self._conn() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO owners (owner) VALUES ($1) ON CONFLICT (owner) DO UPDATE SET heartbeat = now()",
@@ -151,6 +152,12 @@ class PresenceQueries(StoreBase):
                     "INSERT INTO presence (owner, user_id, connections, streams) VALUES ($1, $2, $3, $4)",
                     [(owner, *row) for row in rows],
                 )
+            others: int = await conn.fetchval(
+                "SELECT count(*) FROM owners WHERE owner <> $1 AND heartbeat > now() - make_interval(secs => $2)",
+                owner,
+                PRESENCE_TTL_S,
+            )
+        return others
 
     async def presence_elsewhere(self, owner: str, user_id: str) -> tuple[int, int]:
         """(connections, live streams) of this user on other live processes."""
