@@ -20,12 +20,16 @@ _encoder = msgspec.json.Encoder()
 
 def decode_client(data: str | bytes) -> ClientFrame:
     """Decode one client frame; raise DecodeError naming the offending field."""
+    if (b"\\u0000" if isinstance(data, bytes) else "\\u0000") in data:  # type: ignore[operator]
+        raise DecodeError("NUL characters (\\u0000) are not allowed in frames")
     try:
         return _client_decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise DecodeError(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise DecodeError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError("JSON nested too deeply") from None
 
 
 def decode_server(data: str | bytes) -> ServerFrame:

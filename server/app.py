@@ -128,6 +128,8 @@ async def profile(request: Request) -> Response:
             return JSONResponse(
                 _error_body(InvalidMessage(f"profile larger than {MAX_PROFILE_BYTES} bytes")), 413
             )
+        if b"\\u0000" in body:
+            raise InvalidMessage("invalid profile: NUL characters (\\u0000) are not allowed")
         try:
             new = _profile_decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -122,8 +122,10 @@ class TokenVerifier:
             raise TokenExpired("token expired") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {_reason(exc)}") from None
+        except (TypeError, ValueError):  # an algorithm that does not fit the key of its kid
+            raise Unauthorized("invalid token: algorithm does not match the key") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 255:
+        if not isinstance(sub, str) or not sub or len(sub) > 255 or "\x00" in sub:
             raise Unauthorized("invalid token: bad sub")
         return Identity(user_id=sub, expires_at=int(claims["exp"]), claims=claims)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
 from server.store import Turn
@@ -38,13 +39,12 @@ class Prompt:
     selection: str | None
 
 
+_CLOSING_TAG = re.compile(r"<(\s*/\s*(?:sources?|selection))", re.IGNORECASE)
+
+
 def _quote(text: str) -> str:
-    # A passage must not be able to close the tag that quotes it.
-    return (
-        text.replace("</source", "&lt;/source")
-        .replace("</selection", "&lt;/selection")
-        .replace("</sources", "&lt;/sources")
-    )
+    # A passage must not be able to close the tag that quotes it, in any case or spacing.
+    return _CLOSING_TAG.sub(r"&lt;\1", text)
 
 
 def build_prompt(

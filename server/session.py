@@ -455,7 +455,7 @@ def _stream_id_of(text: str) -> str | None:
     """The `id` of an invalid frame, when it has a usable one, so the error can name the stream."""
     try:
         value = msgspec.json.decode(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     if isinstance(value, dict):
         sid = value.get("id")
