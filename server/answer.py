@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from protocol.frames import Ask, Delta, Done, Error, Source, Sources, Start, Timings, Usage
-from server.errors import ChatError, InternalError, NotFound, error_fields
+from server.errors import ChatError, DatabaseUnavailable, InternalError, NotFound, error_fields
 from server.llm import Generation
 from server.metrics import DATABASE, FIRST_DELTA, MODEL_FIRST_CHUNK, MODEL_STREAM, STREAMS
 from server.prompt import PromptSource, build_prompt
@@ -142,15 +142,17 @@ class AnswerRun:
             else None
         )
         # Saved before the terminal frame: a client that saw `done` can rely on the history.
-        if self.message_id is not None:
-            await self._persist(status, error, timings)
+        saved = self.message_id is None or await self._persist(status, error, timings)
+        if not saved and error is None and status == "complete":
+            # `done` promises the answer is saved; without the save the stream fails instead
+            error = DatabaseUnavailable("the answer could not be saved; ask again")
         if error is not None:
             stream.emit(Error, **error_fields(error))
         else:
             reason = "cancelled" if status in ("cancelled", "interrupted") else g.finish_reason
             stream.emit(Done, finish_reason=reason, timings=timings, usage=usage)
 
-    async def _persist(self, status: str, error: ChatError | None, timings: Timings) -> None:
+    async def _persist(self, status: str, error: ChatError | None, timings: Timings) -> bool:
         assert self.message_id is not None
         outcome = MessageOutcome(
             status=status,
@@ -167,6 +169,8 @@ class AnswerRun:
             await self.services.limiter.record(self.user_id, self.generation.completion_tokens)
         except ChatError:
             log.warning("could not save message %s (%s)", self.message_id, status)
+            return False
+        return True
 
 
 async def _both(a: Any, b: Any) -> tuple[Any, Any]:

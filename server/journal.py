@@ -10,6 +10,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+import asyncpg
+
 from server.errors import ChatError
 from server.store import Store
 from server.stream import Stream
@@ -117,6 +119,9 @@ class FrameJournal:
                 [(key, *rest) for key, rest in batch.progress.items()],
                 PROCESS_ID,
             )
+        except asyncpg.PostgresError:  # this batch cannot be stored; the journal must go on
+            log.exception("frame journal dropped a batch it could not store")
+            return
         except ChatError as exc:
             log.warning("frame journal write failed (%s); retrying", exc.message)
             self._batch = _merge(batch, self._batch)

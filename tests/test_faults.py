@@ -470,12 +470,6 @@ def test_postgres_restart_errors_are_all_retryable_database_unavailable(
     ), [e for e in errors if e["code"] != "database_unavailable"][:3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a stream that ends while PostgreSQL is down still gets `done`: AnswerRun._persist "
-    "logs 'could not save message' and the terminal frame is sent anyway, so the message stays "
-    "'streaming' with no answer although README says done is sent only after the save",
-)
 def test_postgres_restart_loses_no_message_that_completed(restart_run: RestartRun) -> None:
     lost = []
     for a in restart_run.asked:

@@ -28,6 +28,7 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
+    asyncpg.InternalClientError,  # seen while the server restarts mid-operation
     TimeoutError,
 )
 
