@@ -339,7 +339,8 @@ async def test_lost_socket_reconnects_and_resumes_without_duplicates(
         await page.context.set_offline(True)
         await page.evaluate("TextbookChat.client.dropConnection()")
         await page.wait_for_selector(".tc-root[data-state=offline] .tc-status:visible")
-        await asyncio.sleep(0.3)
+        # Longer than the first backoff: no attempt is wasted while the browser is offline.
+        await asyncio.sleep(1.0)
         await page.context.set_offline(False)
         answer = await tab.answer()
         assert answer == await tab.rendered(expected(fake_llm))

@@ -453,14 +453,6 @@ def test_postgres_restart_under_load_the_server_recovers_by_itself(restart_run: 
     assert run.ready_after
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: about one run in four
-    reason="BUG (intermittent): while PostgreSQL restarts, asyncpg sometimes raises "
-    "InternalClientError ('cannot switch to state 12; another operation (2) is in progress'), "
-    "which store/base.py does not map to DatabaseUnavailable; in AnswerRun._persist (add_usage "
-    "after finish_message) it escapes, the answer just saved `complete` is re-saved `failed` and "
-    "the client gets `internal`, not retryable",
-)
 def test_postgres_restart_errors_are_all_retryable_database_unavailable(
     restart_run: RestartRun,
 ) -> None:

@@ -245,6 +245,8 @@
     connect() {
       clearTimeout(this.retryTimer);
       if (this.ws) return;
+      // An attempt the browser knows must fail only burns the backoff; "online" calls us back.
+      if (navigator.onLine === false) return this._setState("offline");
       this._setState("connecting");
       this.stats.connects++;
       let ws;
