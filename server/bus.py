@@ -1,4 +1,5 @@
-"""Signals between server processes over Postgres LISTEN/NOTIFY: new frames, follows, cancels.
+"""Signals between server processes over Postgres LISTEN/NOTIFY: new frames, follows, cancels,
+readers of shared chapter jobs.
 
 LISTEN needs a direct (session) connection: through a transaction-pooling proxy (PgBouncer,
 Neon's pooled endpoint) notifications never arrive, and resume across processes falls back to
@@ -18,10 +19,12 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
+SEP = "\x1f"  # between the fields of a payload
 FRAMES = "tc_frames"  # payload: stream keys with new journaled frames, comma-separated
 FOLLOW = "tc_follow"  # payload: a stream key someone on another process reads live
 CANCEL = "tc_cancel"  # payload: user \x1f stream id \x1f stream key
-CHANNELS = (FRAMES, FOLLOW, CANCEL)
+CHAPTER = "tc_chapter"  # payload: join|leave \x1f chapter job journal id \x1f follower id
+CHANNELS = (FRAMES, FOLLOW, CANCEL, CHAPTER)
 RECONNECT_S = 1.0
 MAX_PAYLOAD = 7900  # Postgres refuses notification payloads of 8000 bytes or more
 

@@ -1,5 +1,6 @@
 """Chapter streams: a chapter personalized or translated, its sections generated concurrently
-and streamed strictly in order, cached when finished, and shared by identical requests."""
+and streamed strictly in order, cached when finished, and shared by identical requests
+(server/chapter_jobs.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import dataclasses
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from protocol.frames import Chapter as ChapterFrame
 from protocol.frames import Delta, Done, Error, Start, Timings, Usage
 from protocol.profile import Profile
 from server.auth import Identity
+from server.chapter_jobs import ChapterHub, ChapterJob
 from server.errors import (
     ChatError,
     InternalError,
@@ -44,88 +46,6 @@ log = logging.getLogger(__name__)
 
 SECTION_CONCURRENCY = 6
 CACHE_DELTA_CHARS = 2048
-
-
-class ChapterJob:
-    """One generation of a chapter, shared by every stream that asked for the same thing."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.pieces: list[str] = []
-        self.finished = False
-        self.error: ChatError | None = None
-        self.usage = Generation(prompt_tokens=0, completion_tokens=0)
-        self.subscribers = 0
-        self.task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
-
-    def publish(self, piece: str) -> None:
-        """Append generated text and wake the readers."""
-        self.pieces.append(piece)
-        self._wake()
-
-    def finish(self, error: ChatError | None = None) -> None:
-        """Mark the job done (or failed) and wake the readers."""
-        self.finished = True
-        self.error = error
-        self._wake()
-
-    async def changed(self) -> None:
-        """Wait until something is published or the job ends."""
-        await self._changed.wait()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-
-class ChapterHub:
-    """Running chapter jobs by cache key: concurrent identical requests generate once."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, ChapterJob] = {}
-
-    def join(
-        self, key: str, generate: Callable[[ChapterJob], Coroutine[Any, Any, None]]
-    ) -> ChapterJob:
-        """The running job for `key`, started with `generate` if there is none."""
-        job = self._jobs.get(key)
-        if job is None:
-            job = ChapterJob(key)
-            self._jobs[key] = job
-            job.task = asyncio.create_task(self._run(job, generate), name=f"chapter:{key[:12]}")
-        job.subscribers += 1
-        return job
-
-    def leave(self, job: ChapterJob) -> None:
-        """A stream stopped reading; the last one to leave stops the generation."""
-        job.subscribers -= 1
-        if job.subscribers <= 0 and job.task is not None and not job.task.done():
-            job.task.cancel()
-
-    async def _run(
-        self, job: ChapterJob, generate: Callable[[ChapterJob], Coroutine[Any, Any, None]]
-    ) -> None:
-        try:
-            await generate(job)
-            job.finish()
-        except asyncio.CancelledError:
-            job.finish(UpstreamUnavailable("the chapter generation was stopped"))
-        except ChatError as exc:
-            job.finish(exc)
-        except Exception:
-            log.exception("chapter job failed")
-            job.finish(InternalError("internal error"))
-        finally:
-            if self._jobs.get(job.key) is job:
-                del self._jobs[job.key]
-
-    async def close(self) -> None:
-        """Stop every running job."""
-        tasks = [j.task for j in self._jobs.values() if j.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 
-from server.bus import CANCEL, FOLLOW, FRAMES, Bus
+from server.bus import CANCEL, FOLLOW, FRAMES, SEP, Bus
 from server.errors import ChatError, TooManyStreams
 from server.journal import PROCESS_ID, FrameJournal
 from server.registry import StreamRegistry
@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10.0
 SYNC_DELAY_S = 0.2  # changes within this window go out in one presence update
-SEP = "\x1f"
 
 
 class Cluster:

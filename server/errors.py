@@ -90,6 +90,14 @@ class InternalError(ChatError):
     retryable = False
 
 
+class RemoteError(ChatError):
+    """An error another server process reported, carried on with its wire code."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retryable: bool) -> None:
+        super().__init__(message, retryable=retryable)
+        self.code = code
+
+
 class ConfigError(Exception):
     """A setting is wrong; raised at start, printed as one line naming the variable."""
 

@@ -9,12 +9,12 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import asyncpg
 
 from server.errors import ChatError
 from server.store import Store
-from server.stream import Stream
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,21 @@ MAX_BUFFERED_FRAMES = 200_000
 PRUNE_INTERVAL_S = 60.0
 ABANDONED_S = 3600.0  # an unfinished stream nobody wrote to for an hour lost its process
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Journaled(Protocol):
+    """What the journal needs to know of a stream (a reader's stream, or a shared chapter job)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def ended(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -54,13 +69,13 @@ class FrameJournal:
         self._soon = False
         self._closed = False
 
-    def started(self, stream: Stream) -> None:
+    def started(self, stream: Journaled) -> None:
         """A new stream (replacing any earlier one with the same user and id)."""
         self._batch.starts.append((stream.user_id, stream.id, stream.key, stream.kind))
         self._poke()
         self._soon = True  # another process may be asked to resume it any moment
 
-    def frame(self, stream: Stream, seq: int, data: str) -> None:
+    def frame(self, stream: Journaled, seq: int, data: str) -> None:
         """A committed frame."""
         if len(self._batch.frames) >= MAX_BUFFERED_FRAMES:
             log.warning("frame journal full (database down?): dropping the oldest frames")
@@ -105,6 +120,7 @@ class FrameJournal:
         try:
             await self._store.prune_streams(self._retention_s, ABANDONED_S)
             await self._store.prune_rate_windows()
+            await self._store.prune_chapter_jobs()
         except ChatError as exc:
             log.warning("pruning old streams failed: %s", exc.message)
 

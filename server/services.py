@@ -17,7 +17,8 @@ import psutil
 from qdrant_client import AsyncQdrantClient
 
 from server.auth import TokenVerifier, signing_secret
-from server.chapters import ChapterHub
+from server.bus import CHAPTER
+from server.chapter_jobs import ChapterHub, JobShare
 from server.cluster import Cluster
 from server.embeddings import Embedder, make_embedder
 from server.errors import ChatError, ConfigError
@@ -154,6 +155,8 @@ class Services:
             )
             stack.push_async_callback(services.stop_sessions)
             services.cluster.start(store.dsn)
+            if services.cluster.bus is not None:
+                services.cluster.bus.on(CHAPTER, services.chapters.on_notice)
             services._exit = stack.pop_all()
             return services
         raise AssertionError("unreachable")
@@ -161,10 +164,12 @@ class Services:
     def __post_init__(self) -> None:
         # Per-process session state; a copy made with dataclasses.replace gets its own.
         s = self.settings
-        self.chapters = ChapterHub()
         self.registry = StreamRegistry(grace_s=s.resume_grace_s, retention_s=s.resume_retention_s)
         self.journal = FrameJournal(self.store, retention_s=s.resume_retention_s)
         self.cluster = Cluster(self.store, self.registry, self.journal, s)
+        self.chapters = ChapterHub(
+            JobShare(self.store, self.journal, self.cluster, s.resume_retention_s)
+        )
         self.limiter = RateLimiter(self.store, s, self.cluster)
 
     async def stop_sessions(self) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -222,3 +224,24 @@ async def test_profile_from_token_claims(live: LiveServer, echo_llm: FakeLLM) ->
         frames = await chat.stream("cl")
     assert frames[-1]["type"] == "done"
     assert "C++" in echo_llm.chat_requests[-1]["messages"][0]["content"]
+
+
+async def test_chapter_jobs_are_claimed_once_and_taken_over_from_a_gone_process(
+    services: Services,
+) -> None:
+    store = services.store
+    await store.heartbeat("live-elsewhere:1", [])
+    await store.heartbeat("here:2", [])
+    key = f"claim-{os.getpid()}-{time.time_ns()}"
+    assert await store.claim_chapter_job(key, "live-elsewhere:1", "j1") == "j1"
+    assert await store.claim_chapter_job(key, "here:2", "j2") == "j1", "a live holder keeps it"
+    await store.drop_owner("live-elsewhere:1")
+    assert await store.claim_chapter_job(key, "here:2", "j3") == "j3", "a gone holder loses it"
+    await store.release_chapter_job(key, "j1")  # a late release of the old claim changes nothing
+    assert await store.claim_chapter_job(key, "other:3", "j4") == "j3"
+    await store.claim_chapter_job(key + "-orphan", "gone:4", "j5")
+    await store.prune_chapter_jobs()
+    assert await store.claim_chapter_job(key + "-orphan", "here:2", "j6") == "j6"
+    await store.release_chapter_job(key, "j3")
+    assert await store.claim_chapter_job(key, "other:3", "j7") == "j7"
+    await store.drop_owner("here:2")

@@ -1,19 +1,23 @@
-"""Two server processes on one Postgres: resume and cancel across them, limits counted across both."""
+"""Two server processes on one Postgres: resume and cancel across them, limits counted across both,
+identical chapter requests generated once."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 
 from server.fake_llm import FakeLLM, FakeLLMConfig
+from server.rewrite import split_chapter
 from tests.chat_client import ChatClient, connect, deltas
 from tests.conftest import JWT_SECRET, free_port, token_for
 from tests.processes import serve_process
@@ -121,3 +125,70 @@ async def test_limits_hold_across_processes(
         if outcomes.count("done") > 4:
             pytest.skip("a minute boundary fell inside the test")
         assert outcomes == ["done"] * 4 + ["rate_limited"]
+
+
+CHAPTER = "ros2-basics/ros2-services-actions-qos"
+
+
+async def test_identical_chapters_on_two_processes_generate_once(
+    tmp_path: Path, tmp_data_dir: Path, database_url: str, fake_llm: FakeLLM, live: Any
+) -> None:
+    row = await live.services.store.get_chapter(CHAPTER)
+    sections = len(split_chapter(row.markdown))
+    user = f"twin-{uuid.uuid4().hex[:8]}"
+    token = token_for(user)
+
+    async def new_profile(background: str) -> None:
+        profile = {
+            "software_background": background,
+            "hardware_background": "",
+            "level": "beginner",
+        }
+        async with httpx.AsyncClient(base_url=live.http_url) as http:
+            put = await http.put(
+                "/v1/profile", json=profile, headers={"Authorization": f"Bearer {token}"}
+            )
+        assert put.status_code == 200
+
+    saved = fake_llm.config
+    fake_llm.config = FakeLLMConfig(echo=True, tokens_per_second=40)
+    try:
+        async with two_servers(tmp_path, tmp_data_dir, database_url, fake_llm) as (a, b):
+            # B joins A's generation; A's reader leaves and B still gets the whole chapter
+            await new_profile(f"{user} writes Go services")
+            before = len(fake_llm.chat_requests)
+            async with connect(a, token) as on_a, connect(b, token) as on_b:
+                await on_a.send(type="chapter", id="first", chapter=CHAPTER, mode="personalize")
+                await _deltas_until(on_a, "first", 1)
+                await on_b.send(type="chapter", id="second", chapter=CHAPTER, mode="personalize")
+                second = await _deltas_until(on_b, "second", 1)
+                await on_a.send(type="cancel", id="first")
+                first = await on_a.stream("first")
+                second += await on_b.stream("second", timeout=60)
+            assert first[-1]["type"] == "done" and first[-1]["finish_reason"] == "cancelled"
+            assert second[-1]["type"] == "done" and second[-1]["cached"] is False
+            assert len(fake_llm.chat_requests) - before == sections, "generated once, on A"
+            async with connect(a, token) as again:
+                await again.send(type="chapter", id="third", chapter=CHAPTER, mode="personalize")
+                third = await again.stream("third")
+            assert third[-1]["cached"] is True and deltas(third) == deltas(second)
+
+            # when the readers on both processes leave, A's upstream requests stop
+            await new_profile(f"{user} writes Rust firmware")
+            disconnected = fake_llm.streams_disconnected
+            async with connect(a, token) as on_a, connect(b, token) as on_b:
+                await on_a.send(type="chapter", id="fourth", chapter=CHAPTER, mode="personalize")
+                await _deltas_until(on_a, "fourth", 1)
+                await on_b.send(type="chapter", id="fifth", chapter=CHAPTER, mode="personalize")
+                await _deltas_until(on_b, "fifth", 1)
+                await on_a.send(type="cancel", id="fourth")
+                await on_a.stream("fourth")
+                await asyncio.sleep(0.3)
+                assert fake_llm.open_streams > 0, "B still reads"
+                await on_b.send(type="cancel", id="fifth")
+                fifth = await on_b.stream("fifth")
+            assert fifth[-1]["type"] == "done" and fifth[-1]["finish_reason"] == "cancelled"
+            await fake_llm.wait_for(lambda: fake_llm.open_streams == 0, timeout=3)
+            assert fake_llm.streams_disconnected > disconnected
+    finally:
+        fake_llm.config = saved

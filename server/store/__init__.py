@@ -5,10 +5,11 @@ from __future__ import annotations
 from server.store.base import MIGRATIONS_DIR, StoreBase
 from server.store.book import BookQueries, CachedChapter, ChapterRow, SectionRow
 from server.store.conversations import ConversationQueries, MessageOutcome, Turn
+from server.store.jobs import ChapterJobQueries
 from server.store.sessions import PresenceQueries, SessionQueries
 
 
-class Store(BookQueries, ConversationQueries, SessionQueries, PresenceQueries):
+class Store(BookQueries, ConversationQueries, SessionQueries, PresenceQueries, ChapterJobQueries):
     """The project's Postgres access; one pool per process."""
 
 
