@@ -7,12 +7,27 @@ import socket
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from protocol.codes import CloseCode
 from server.services import Services
 from server.session import MAX_FRAME_BYTES, Connection
 
 log = logging.getLogger(__name__)
+
+
+class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, answering upgrade requests websockets refuses.
+
+    When websockets cannot parse the upgrade request (a header line over 8 KiB, too many
+    headers) it queues a 4xx answer that uvicorn never sends, leaving the socket open and
+    silent: a cheap way to hold server sockets. This sends the answer and closes."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.handshake_exc is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
 
 
 class DrainingServer(uvicorn.Server):
@@ -45,6 +60,7 @@ def make_server(
     options: dict[str, Any] = {
         "host": host,
         "port": port,
+        "ws": ChatWebSocketProtocol,
         "ws_max_size": MAX_FRAME_BYTES,
         "ws_per_message_deflate": False,
         "ws_ping_interval": s.ws_ping_interval_s,
