@@ -39,7 +39,8 @@ from bench.harness import (
     split_cores,
 )
 from bench.measure import CpuUse, LagProbe, fmt, machine_line, pct, ratio, table
-from server.loadtest import LoadConfig, Snapshot, run_load
+from server.loadtest import Snapshot, run_load
+from server.loadtest_config import LoadConfig
 from server.loadtest_report import LoadReport, histogram_percentile
 
 DEFAULT_LEVELS = (50, 100, 150, 200, 300, 400, 600, 800, 1000)

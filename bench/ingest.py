@@ -32,7 +32,7 @@ from bench.measure import LagProbe, fmt, machine_line, pct, table
 from server.embeddings import LocalEmbedder
 from server.indexing import index_units
 from server.ingest import IngestReport, ingest_book
-from server.loadtest import QUESTIONS
+from server.loadtest_config import QUESTIONS
 from server.markdown import chunk_chapter, load_book
 from server.store import Store
 from server.vectorstore import Bm25Encoder, EdgeVectorStore

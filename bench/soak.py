@@ -57,7 +57,7 @@ from bench.harness import (
     wait_http_ok,
 )
 from server.auth import mint_token
-from server.loadtest import QUESTIONS
+from server.loadtest_config import QUESTIONS
 
 TASKS_PATH = "/soak/tasks"
 _GAUGE = re.compile(r"^(chat_connections_open|chat_streams_live|process_open_fds) (\S+)$", re.M)

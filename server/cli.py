@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["loadtest"]:
         # Its options start with "--", which a REMAINDER positional of a subparser refuses.
-        from server.loadtest import main as loadtest_main
+        from server.loadtest_cli import main as loadtest_main
 
         return loadtest_main(argv[1:])
     parser = argparse.ArgumentParser(prog="textbook-chat", description=__doc__)

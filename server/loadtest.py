@@ -1,134 +1,38 @@
-"""`textbook-chat loadtest`: N concurrent sockets asking, highlighting and reading chapters, measured."""
+"""The load test engine: N concurrent sockets asking, highlighting and reading chapters, measured."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import bisect
 import contextlib
 import dataclasses
 import os
 import random
-import shlex
-import signal
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from protocol.codec import encode
-from protocol.frames import Ask, Chapter, Mode, Selection
-from server.errors import ConfigError
-from server.loadtest_report import KINDS, LoadReport, Recorder, build_report, percentile, write_png
+from protocol.frames import Ask, Chapter, Selection
+from server.loadtest_config import (
+    QUESTIONS,
+    SELECTION_QUESTIONS,
+    SELECTIONS,
+    LoadConfig,
+    tokens_for,
+)
+from server.loadtest_report import KINDS, LoadReport, Recorder, build_report, percentile
 
 STREAM_TYPES = frozenset({"start", "sources", "delta", "done", "error"})
 TERMINAL_TYPES = frozenset({"done", "error"})
 LAG_PROBE_S = 0.05
-DEFAULT_URL = "ws://127.0.0.1:8000/v1/chat"
-DEFAULT_USER_PREFIX = "loadtest-"
 RECENT_TTFD_S = 5.0
 # Closes that end streams by design (restart, overload, auth): a stream cut by any other close
 # without its terminal frame breaks the "exactly one terminal frame" rule.
 CLOSES_THAT_MAY_CUT_STREAMS = frozenset({1006, 1008, 1009, 1011, 1012, 1013, 4401, 4408, 4429})
-
-
-# Written for this tool (not from any book): what readers of a physical AI / humanoid robotics
-# textbook ask, and passages they might highlight.
-QUESTIONS = (
-    "What is physical AI and how is it different from a chatbot?",
-    "Why do humanoid robots need whole-body control?",
-    "How does a ROS 2 node publish sensor data to other nodes?",
-    "What is the difference between a ROS 2 topic, a service and an action?",
-    "Which quality of service settings matter for camera streams in ROS 2?",
-    "How does an IMU help a walking robot keep its balance?",
-    "What does the zero moment point say about bipedal walking?",
-    "Why fuse lidar and camera data instead of using one sensor?",
-    "What is a vision-language-action model?",
-    "How is a robot policy trained in simulation and moved to real hardware?",
-    "What is the sim-to-real gap and how do engineers narrow it?",
-    "Why is latency a safety problem for robot control loops?",
-    "How do depth cameras estimate distance?",
-    "What makes grasping unknown objects hard for a humanoid hand?",
-    "How does reinforcement learning teach a robot to walk?",
-    "What role does a world model play in embodied intelligence?",
-)
-SELECTIONS = (
-    "A humanoid robot keeps its balance by moving its center of mass so that the point where "
-    "the ground pushes back stays inside the area covered by its feet.",
-    "In ROS 2 a node is a single process with one job; nodes talk over named topics, and any "
-    "number of them may publish or subscribe to the same topic.",
-    "Quality of service profiles let a subscriber choose between reliable delivery, which "
-    "retries lost messages, and best effort, which drops them to keep latency low.",
-    "An inertial measurement unit combines accelerometers and gyroscopes to report how the body "
-    "of the robot is accelerating and rotating many hundred times per second.",
-    "Vision-language-action models take camera images and an instruction in plain words and "
-    "output motor commands directly, learning the mapping from demonstrations.",
-    "Physical AI systems must act under uncertainty: their sensors are noisy, their models are "
-    "incomplete, and the world changes while they think.",
-    "Domain randomization varies textures, lighting, masses and friction in simulation so that "
-    "a policy trained there treats the real world as one more variation.",
-    "A service in ROS 2 is a request and a single response, while an action is a long-running "
-    "goal that sends feedback along the way and can be cancelled.",
-)
-SELECTION_QUESTIONS = (
-    "Explain this passage in simpler words.",
-    "Why does this matter for a humanoid robot?",
-    "Give a concrete example of this.",
-    "What would go wrong if this were ignored?",
-)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class LoadConfig:
-    """One load test: where, how many sockets, for how long, asking what."""
-
-    url: str = DEFAULT_URL
-    connections: int = 100
-    duration: float = 30.0
-    ramp: float = 0.0  # seconds over which the connections open, evenly
-    think: float = 0.0  # mean pause between a stream's end and the next request (±50%)
-    mix: dict[str, float] = dataclasses.field(default_factory=lambda: {"ask": 80, "selection": 20})
-    chapters: tuple[str, ...] = ()
-    chapter_mode: Mode = "translate"
-    language: str = "ur"
-    secret: str | None = None  # HS256 secret to mint tokens with
-    token_command: str | None = None  # shell command printing a token; `{user}` is replaced
-    users: int | None = None  # distinct users; None = one per connection
-    user_prefix: str = DEFAULT_USER_PREFIX
-    issuer: str | None = None
-    audience: str | None = None
-    grace: float = 30.0  # how long streams in flight at the end may take to finish
-    stream_timeout: float = 120.0
-    connect_timeout: float = 10.0
-    seed: int | None = None
-
-    def validate(self) -> None:
-        """Raise ConfigError for a run that cannot be done."""
-        if self.connections < 1 or self.duration <= 0 or self.ramp < 0 or self.think < 0:
-            raise ConfigError("loadtest: connections >= 1, duration > 0, ramp and think >= 0")
-        if self.ramp >= self.duration:
-            raise ConfigError("loadtest: --ramp must be shorter than --duration")
-        if set(self.mix) - set(KINDS) or any(w < 0 for w in self.mix.values()):
-            raise ConfigError(f"loadtest: mix takes non-negative weights of {', '.join(KINDS)}")
-        if sum(self.mix.values()) <= 0:
-            raise ConfigError("loadtest: the mix needs a positive weight")
-        if self.mix.get("chapter", 0) > 0 and not self.chapters:
-            raise ConfigError("loadtest: a chapter share in the mix needs --chapters")
-        if (self.secret is None) == (self.token_command is None):
-            raise ConfigError(
-                "loadtest: give exactly one of --secret (or JWT_SECRET) and --token-command"
-            )
-        if self.users is not None and self.users < 1:
-            raise ConfigError("loadtest: --users must be at least 1")
-
-    @property
-    def distinct_users(self) -> int:
-        """How many users the connections are spread over."""
-        return self.connections if self.users is None else min(self.users, self.connections)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -448,56 +352,6 @@ class _Run:
                 progress(snapshot)
 
 
-async def _token_from_command(command: str, user: str, limit: asyncio.Semaphore) -> str:
-    async with limit:
-        process = await asyncio.create_subprocess_shell(
-            command.replace("{user}", shlex.quote(user)),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await process.communicate()
-        except asyncio.CancelledError:  # another user's command failed: leave no process behind
-            process.kill()
-            await process.wait()
-            raise
-    token = out.decode().strip()
-    if process.returncode != 0 or not token:
-        detail = err.decode(errors="replace").strip()[-200:]
-        raise ConfigError(
-            f"--token-command for {user} exited {process.returncode} with {'no token' if not token else 'a token'}: {detail}"
-        )
-    return token
-
-
-def _mint_all(config: LoadConfig, users: list[str]) -> list[str]:
-    from server.auth import mint_token
-
-    assert config.secret is not None
-    ttl = int(config.ramp + config.duration + config.grace) + 600
-    return [
-        mint_token(config.secret, user, ttl, issuer=config.issuer, audience=config.audience)
-        for user in users
-    ]
-
-
-async def tokens_for(config: LoadConfig) -> list[str]:
-    """One token per distinct user: minted, or printed by the token command (8 at a time)."""
-    users = [f"{config.user_prefix}{i}" for i in range(config.distinct_users)]
-    if config.token_command is None:
-        return await asyncio.to_thread(_mint_all, config, users)
-    limit = asyncio.Semaphore(8)
-    tasks = [
-        asyncio.create_task(_token_from_command(config.token_command, u, limit)) for u in users
-    ]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
 async def run_load(
     config: LoadConfig,
     *,
@@ -535,130 +389,3 @@ async def run_load(
         users=config.distinct_users,
         target_connections=config.connections,
     )
-
-
-def parse_mix(text: str) -> dict[str, float]:
-    """`ask=70,selection=20,chapter=10` as weights."""
-    mix: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        kind, _, weight = part.partition("=")
-        try:
-            mix[kind.strip()] = float(weight)
-        except ValueError:
-            raise ConfigError(f"--mix: {part!r} is not kind=weight") from None
-    return mix
-
-
-def parse_users(text: str) -> int | None:
-    """`per-connection` (None), `shared` (1) or a count."""
-    if text == "per-connection":
-        return None
-    if text == "shared":
-        return 1
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError("--users: per-connection, shared or a number") from None
-
-
-def _arguments() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="textbook-chat loadtest",
-        description="Drive concurrent chat sockets against a server and report latency, throughput and contract violations. Exits 1 when no stream completed or the server broke the contract.",
-    )
-    parser.add_argument("--url", default=DEFAULT_URL, help="WebSocket URL (default %(default)s)")
-    parser.add_argument("-c", "--connections", type=int, default=100)
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
-    parser.add_argument("--ramp", type=float, default=0.0, help="seconds to open all connections")
-    parser.add_argument("--think", type=float, default=0.0, help="mean seconds between streams")
-    parser.add_argument(
-        "--mix", default="ask=80,selection=20", help="e.g. ask=70,selection=20,chapter=10"
-    )
-    parser.add_argument(
-        "--chapters", default="", help="chapter ids for chapter requests, comma-separated"
-    )
-    parser.add_argument("--chapter-mode", choices=("translate", "personalize"), default="translate")
-    parser.add_argument("--language", default="ur", help="language of translated chapters")
-    parser.add_argument(
-        "--secret", default=None, help="HS256 secret to mint tokens (default: JWT_SECRET)"
-    )
-    parser.add_argument(
-        "--token-command", default=None, help="shell command printing a token for {user}"
-    )
-    parser.add_argument(
-        "--users", default="per-connection", help="per-connection, shared or a number"
-    )
-    parser.add_argument("--user-prefix", default=DEFAULT_USER_PREFIX)
-    parser.add_argument("--issuer", default=os.environ.get("JWT_ISSUER"))
-    parser.add_argument("--audience", default=os.environ.get("JWT_AUDIENCE"))
-    parser.add_argument(
-        "--grace", type=float, default=30.0, help="seconds for streams in flight at the end"
-    )
-    parser.add_argument("--stream-timeout", type=float, default=120.0)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
-    parser.add_argument("--png", type=Path, default=None, help="write the charts here")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> LoadConfig:
-    """A LoadConfig from parsed command-line arguments."""
-    secret = args.secret
-    if secret is None and args.token_command is None:
-        secret = os.environ.get("JWT_SECRET") or None
-    return LoadConfig(
-        url=args.url,
-        connections=args.connections,
-        duration=args.duration,
-        ramp=args.ramp,
-        think=args.think,
-        mix=parse_mix(args.mix),
-        chapters=tuple(c.strip() for c in args.chapters.split(",") if c.strip()),
-        chapter_mode=args.chapter_mode,
-        language=args.language,
-        secret=secret,
-        token_command=args.token_command,
-        users=parse_users(args.users),
-        user_prefix=args.user_prefix,
-        issuer=args.issuer,
-        audience=args.audience,
-        grace=args.grace,
-        stream_timeout=args.stream_timeout,
-        seed=args.seed,
-    )
-
-
-async def _main(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, stop.set)  # Ctrl-C ends the run early, still reported
-
-    def show(snapshot: Snapshot) -> None:
-        print(snapshot.line(), file=sys.stderr, flush=True)
-
-    try:
-        report = await run_load(config, progress=None if args.quiet else show, stop=stop)
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-    print(report.summary_text())
-    if args.json is not None:
-        await asyncio.to_thread(args.json.write_bytes, report.to_json())
-    if args.png is not None:
-        await asyncio.to_thread(write_png, report, args.png)
-    return 1 if report.streams.ok == 0 or report.violations else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`textbook-chat loadtest ...`; returns the exit status."""
-    args = _arguments().parse_args(argv)
-    try:
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(_main(args))
-        return uvloop.run(_main(args))
-    except ConfigError as exc:
-        print(f"textbook-chat {exc}", file=sys.stderr)
-        return 2

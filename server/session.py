@@ -1,4 +1,5 @@
-"""One WebSocket connection: authenticate, then one reader, one writer that alone sends, a task per stream."""
+"""One WebSocket connection: authenticate, then one reader, one writer that alone sends
+(server/outbox.py), a task per stream."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from server.errors import (
     error_fields,
 )
 from server.metrics import CONNECTIONS, ERRORS, SLOW_CLOSES
+from server.outbox import Outbox
 from server.replay import StoredStream
 from server.services import Services
 from server.stream import Stream
@@ -52,9 +54,7 @@ log = logging.getLogger(__name__)
 MAX_FRAME_BYTES = 131_072
 ABUSE_WINDOW_S = 10.0
 ABUSE_LIMIT = 50  # invalid frames per window before 1008
-CONTROL_FRAMES = 64  # queued pongs and errors before the peer counts as flooding
 MAX_BUFFERED_CHARS = 1_000_000  # text waiting for a slow reader, across its streams
-_DELTA = '{"type":"delta"'
 
 
 class Connection:
@@ -67,10 +67,9 @@ class Connection:
         self.session_id = str(uuid.uuid4())
         self.identity: Identity | None = None
         self.streams: dict[str, Stream | StoredStream] = {}
-        self._control: deque[str] = deque()
-        self._ready: dict[int, Stream | StoredStream] = {}
-        self._wake = asyncio.Event()
-        self._close_request: tuple[int, str] | None = None
+        self._outbox = Outbox(
+            ws, self, send_timeout_s=self.settings.slow_client_s, too_slow=self._too_slow
+        )
         self._invalid_at: deque[float] = deque()
         self._last_seen = time.monotonic()
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -88,7 +87,7 @@ class Connection:
         header = self.ws.headers.get("authorization", "")
         await self.ws.accept()
         CONNECTIONS.inc()
-        writer = asyncio.create_task(self._write_loop(), name=f"writer:{self.session_id}")
+        writer = asyncio.create_task(self._outbox.run(), name=f"writer:{self.session_id}")
         try:
             if await self._authenticate(header):
                 await self._read_loop()
@@ -118,7 +117,7 @@ class Connection:
             else:
                 stream.close()
         self.streams.clear()
-        self._ready.clear()
+        self._outbox.drop_streams()
 
     async def _authenticate(self, header: str) -> bool:
         token: str | None = None
@@ -202,7 +201,7 @@ class Connection:
     # ---- reading -------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        while self._close_request is None:
+        while self._outbox.close_request is None:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
@@ -370,8 +369,7 @@ class Connection:
 
     def wake(self, stream: Stream | StoredStream) -> None:
         """A stream has frames for this socket."""
-        self._ready[id(stream)] = stream
-        self._wake.set()
+        self._outbox.ready(stream)
         if (
             isinstance(stream, Stream)
             and stream.buffered_chars()
@@ -382,63 +380,15 @@ class Connection:
     def _send_control(self, frame: Any) -> None:
         if isinstance(frame, Error):
             ERRORS.labels(frame.code.value).inc()
-        if len(self._control) >= CONTROL_FRAMES:
+        if not self._outbox.control(codec.encode(frame).decode()):
             self.close(CloseCode.POLICY_VIOLATION, "too many frames without reading the answers")
-            return
-        self._control.append(codec.encode(frame).decode())
-        self._wake.set()
 
     def _reject(self, exc: ChatError, stream_id: str | None = None) -> None:
         self._send_control(Error(id=stream_id, **error_fields(exc)))
 
     def close(self, code: int, reason: str = "") -> None:
         """Close after the control frames already queued (streams stay resumable)."""
-        if self._close_request is None:
-            self._close_request = (code, reason[:120])
-            self._wake.set()
-
-    def _next(self) -> tuple[str, Stream | StoredStream | None] | None:
-        if self._control:
-            return self._control.popleft(), None
-        if self._close_request is not None:
-            return None
-        while self._ready:
-            key, stream = next(iter(self._ready.items()))
-            del self._ready[key]
-            if stream.consumer is not self:
-                continue
-            data = stream.take()
-            if stream.has_output():
-                self._ready[key] = stream  # round robin between streams
-            if data is not None:
-                return data, stream
-        return None
-
-    async def _write_loop(self) -> None:
-        ws = self.ws
-        try:
-            while True:
-                item = self._next()
-                if item is None:
-                    if self._close_request is not None:
-                        code, reason = self._close_request
-                        await asyncio.wait_for(ws.close(code=code, reason=reason), timeout=2.0)
-                        return
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                data, source = item
-                if isinstance(source, Stream) and data.startswith(_DELTA):
-                    source.sent_delta(time.perf_counter())  # handed to the transport now
-                try:
-                    await asyncio.wait_for(
-                        ws.send({"type": "websocket.send", "text": data}),
-                        self.settings.slow_client_s,
-                    )
-                except TimeoutError:
-                    self._too_slow("the client stopped reading")
-        except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
-            self._close_request = self._close_request or (CloseCode.NORMAL, "")
+        self._outbox.close(code, reason)
 
     def _buffered_chars(self) -> int:
         return sum(s.buffered_chars() for s in self.streams.values() if isinstance(s, Stream))
@@ -446,7 +396,7 @@ class Connection:
     def _too_slow(self, why: str) -> None:
         log.info("closing %s with 1013: %s", self.session_id, why)
         SLOW_CLOSES.inc()
-        self._control.clear()
+        self._outbox.drop_control()
         self._release_streams()
         self.close(CloseCode.TRY_AGAIN_LATER, why)
 

@@ -17,17 +17,8 @@ from websockets.asyncio.server import ServerConnection
 
 from server.errors import ConfigError
 from server.fake_llm import FakeLLM, FakeLLMConfig
-from server.loadtest import (
-    LoadConfig,
-    Snapshot,
-    StreamTracker,
-    WireFrame,
-    WireUsage,
-    parse_mix,
-    parse_users,
-    run_load,
-    tokens_for,
-)
+from server.loadtest import Snapshot, StreamTracker, WireFrame, WireUsage, run_load
+from server.loadtest_config import LoadConfig, parse_mix, parse_users, tokens_for
 from server.loadtest_report import (
     LoadReport,
     Recorder,
