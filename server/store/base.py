@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Self
@@ -17,7 +18,16 @@ from server.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql"
+
+def _migrations_dir() -> Path:
+    """sql/ of the source checkout, else the copy a wheel installs under the environment."""
+    checkout = Path(__file__).resolve().parents[2] / "sql"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "textbook-chat" / "sql"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
 _MIGRATION_LOCK = 0x7E47B00C  # advisory lock id: concurrent starters migrate one at a time
 
