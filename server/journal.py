@@ -63,6 +63,7 @@ class FrameJournal:
         self._interval_s = interval_s
         self._batch = _Batch()
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # cuts the wait for a batch short
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = time.monotonic()
         self._followed: dict[str, float] = {}
@@ -88,6 +89,7 @@ class FrameJournal:
         """Another process reads this stream live: flush its frames without the usual wait."""
         self._followed[key] = time.monotonic() + FOLLOW_TTL_S
         self._poke()
+        self._urgent.set()  # the reader is waiting now: do not finish a 200 ms wait first
 
     def _interval(self) -> float:
         if self._soon:
@@ -109,7 +111,9 @@ class FrameJournal:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self._interval())  # gather a batch
+            with contextlib.suppress(TimeoutError):  # gather a batch
+                await asyncio.wait_for(self._urgent.wait(), self._interval())
+            self._urgent.clear()
             self._wake.clear()
             await self._write()
             if time.monotonic() - self._pruned_at > PRUNE_INTERVAL_S:

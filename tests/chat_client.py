@@ -45,6 +45,15 @@ class ChatClient:
             if frame["type"] in TERMINAL:
                 return frames
 
+    async def ends(self, ids: set[str], timeout: float = 30.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
+        """The terminal frames of these streams, all running on this socket."""
+        ends: dict[str, dict[str, Any]] = {}
+        while len(ends) < len(ids):
+            frame = await self.recv(timeout)
+            if frame.get("id") in ids and frame["type"] in TERMINAL:
+                ends[frame["id"]] = frame
+        return list(ends.values())
+
     async def ask(self, stream_id: str, question: str, **fields: Any) -> list[dict[str, Any]]:
         await self.send(type="ask", id=stream_id, question=question, **fields)
         return await self.stream(stream_id)
