@@ -21,6 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from protocol import codec
@@ -34,6 +35,8 @@ from server.session import Connection
 from server.settings import Settings, is_loopback_host
 
 log = logging.getLogger(__name__)
+
+CHAT_PATH = "/v1/chat"
 
 
 def _services(request: Request | WebSocket) -> Services:
@@ -266,7 +269,7 @@ def create_app(
     loopback: bool = True,
     services: Services | None = None,
     close_services: bool = False,
-) -> Starlette:
+) -> ChatApp:
     """The ASGI app; builds its services at startup unless given ready-made ones.
 
     Services the app builds, or is told to close, are closed at lifespan shutdown: uvicorn
@@ -285,7 +288,7 @@ def create_app(
                 await app.state.services.close()
 
     routes = [
-        WebSocketRoute("/v1/chat", chat),
+        WebSocketRoute(CHAT_PATH, chat),  # reached only under a root_path: see ChatApp
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/v1/protocol", protocol_schema),
@@ -319,4 +322,23 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.loopback = loopback
     app.state.assets = {}
-    return app
+    return ChatApp(app)
+
+
+class ChatApp:
+    """Starlette for everything but the chat socket, which goes straight to its handler.
+
+    Starlette's two exception-handling layers would wrap every frame the socket sends in two more
+    coroutine calls and keep their frames (~2 KB) alive on every open socket; a socket has no
+    HTTP response for them to make, and an exception still reaches uvicorn (close 1011)."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == CHAT_PATH:
+            scope["app"] = self.app
+            await chat(WebSocket(scope, receive, send))
+        else:
+            await self.app(scope, receive, send)

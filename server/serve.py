@@ -29,6 +29,13 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.transport.close()
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            # the parsed upgrade request and response are done with (the scope keeps the
+            # headers): ~3 KB less on every open socket
+            del self.request, self.response
+
 
 class DrainingServer(uvicorn.Server):
     """On SIGTERM: stop accepting, let streams finish until the drain deadline, close sockets

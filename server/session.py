@@ -70,7 +70,7 @@ class Connection:
         self._outbox = Outbox(
             ws, self, send_timeout_s=self.settings.slow_client_s, too_slow=self._too_slow
         )
-        self._invalid_at: deque[float] = deque()
+        self._invalid_at: deque[float] | None = None  # made at the first invalid frame
         self._last_seen = time.monotonic()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._registered = False
@@ -227,6 +227,8 @@ class Connection:
 
     def _abusive(self) -> bool:
         now = time.monotonic()
+        if self._invalid_at is None:
+            self._invalid_at = deque()
         self._invalid_at.append(now)
         while self._invalid_at and now - self._invalid_at[0] > ABUSE_WINDOW_S:
             self._invalid_at.popleft()
