@@ -50,6 +50,11 @@ class Cluster:
             self.bus.start()
         self._task = asyncio.create_task(self._presence_loop(), name="presence")
 
+    def on(self, channel: str, handler: Callable[[str], None]) -> None:
+        """Call `handler(payload)` for notifications on `channel` from any process, if listening."""
+        if self.bus is not None:
+            self.bus.on(channel, handler)
+
     async def _presence_loop(self) -> None:
         while True:
             self._dirty.clear()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ FOLLOW_TTL_S = 60.0
 MAX_BUFFERED_FRAMES = 200_000
 PRUNE_INTERVAL_S = 60.0
 ABANDONED_S = 3600.0  # an unfinished stream nobody wrote to for an hour lost its process
-PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
+# per start: a restarted container has the same host name and pid, and must not look alive
+PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class Journaled(Protocol):
@@ -63,18 +65,18 @@ class FrameJournal:
         self._interval_s = interval_s
         self._batch = _Batch()
         self._wake = asyncio.Event()
-        self._urgent = asyncio.Event()  # cuts the wait for a batch short
+        self._due: float | None = None  # when the batch being gathered is written (monotonic)
+        self._hurry = asyncio.Event()  # `_due` moved closer
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = time.monotonic()
-        self._followed: dict[str, float] = {}
-        self._soon = False
+        self._followed: dict[str, float] = {}  # stream key -> until when
         self._closed = False
 
     def started(self, stream: Journaled) -> None:
         """A new stream (replacing any earlier one with the same user and id)."""
         self._batch.starts.append((stream.user_id, stream.id, stream.key, stream.kind))
         self._poke()
-        self._soon = True  # another process may be asked to resume it any moment
+        self._bring_forward(FOLLOWED_INTERVAL_S)  # another process may be asked to resume it
 
     def frame(self, stream: Journaled, seq: int, data: str) -> None:
         """A committed frame."""
@@ -84,40 +86,45 @@ class FrameJournal:
         self._batch.frames.append((stream.key, seq, data))
         self._batch.progress[stream.key] = (stream.user_id, stream.id, seq, stream.ended)
         self._poke()
+        if self._followed and self._followed.get(stream.key, 0.0) > time.monotonic():
+            self._bring_forward(FOLLOWED_INTERVAL_S)
 
     def mark_followed(self, key: str) -> None:
-        """Another process reads this stream live: flush its frames without the usual wait."""
+        """Another process reads this stream live (it asks again while it does): flush its
+        frames every FOLLOWED_INTERVAL_S instead of the usual wait."""
         self._followed[key] = time.monotonic() + FOLLOW_TTL_S
-        self._poke()
-        self._urgent.set()  # the reader is waiting now: do not finish a 200 ms wait first
-
-    def _interval(self) -> float:
-        if self._soon:
-            self._soon = False
-            return FOLLOWED_INTERVAL_S
-        if self._followed:
-            now = time.monotonic()
-            self._followed = {k: t for k, t in self._followed.items() if t > now}
-            if any(k in self._followed for k in self._batch.progress):
-                return FOLLOWED_INTERVAL_S
-        return self._interval_s
+        if key in self._batch.progress:
+            self._bring_forward(0.0)  # the reader is waiting for these now
 
     def _poke(self) -> None:
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._run(), name="frame-journal")
+        if self._due is None:
+            self._due = time.monotonic() + self._interval_s
         if not self._wake.is_set():
             self._wake.set()
+
+    def _bring_forward(self, within_s: float) -> None:
+        due = time.monotonic() + within_s
+        if self._due is None or due < self._due:
+            self._due = due
+            self._hurry.set()
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            with contextlib.suppress(TimeoutError):  # gather a batch
-                await asyncio.wait_for(self._urgent.wait(), self._interval())
-            self._urgent.clear()
+            while self._due is not None and (left := self._due - time.monotonic()) > 0:
+                self._hurry.clear()
+                with contextlib.suppress(TimeoutError):  # gather a batch
+                    await asyncio.wait_for(self._hurry.wait(), left)
+            self._due = None
             self._wake.clear()
             await self._write()
-            if time.monotonic() - self._pruned_at > PRUNE_INTERVAL_S:
-                self._pruned_at = time.monotonic()
+            now = time.monotonic()
+            if self._followed:
+                self._followed = {k: t for k, t in self._followed.items() if t > now}
+            if now - self._pruned_at > PRUNE_INTERVAL_S:
+                self._pruned_at = now
                 await self._prune()
 
     async def _prune(self) -> None:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 JOURNAL_LAG_S = 1.0  # how long the journal may trail the process generating a stream
 POLL_S = 1.0  # without notifications (no listener, or a pooled connection) polling still finishes the job
+FOLLOW_RENEW_S = 30.0  # the owner flushes a followed stream promptly for 60 s per request
 STALLED_S = 60.0  # an unfinished stream with no new frame for this long lost its process
 _TERMINAL = ('{"type":"done"', '{"type":"error"')
 
@@ -105,10 +106,14 @@ class StoredStream:
                 self.consumer.wake(self)
 
     async def _follow(self) -> None:
+        renew_at = time.monotonic() + FOLLOW_RENEW_S
         while not self.ended:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new_frames.wait(), POLL_S)
             self._new_frames.clear()
+            if self._watcher is not None and time.monotonic() > renew_at:
+                renew_at = time.monotonic() + FOLLOW_RENEW_S
+                self._watcher.watch(self._key, self._new_frames.set)
             try:
                 await self._fetch()
             except ChatError:

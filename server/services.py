@@ -155,8 +155,7 @@ class Services:
             )
             stack.push_async_callback(services.stop_sessions)
             services.cluster.start(store.dsn)
-            if services.cluster.bus is not None:
-                services.cluster.bus.on(CHAPTER, services.chapters.on_notice)
+            services.cluster.on(CHAPTER, services.chapters.on_notice)
             services._exit = stack.pop_all()
             return services
         raise AssertionError("unreachable")

@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Iterator
 
+import asyncpg
 import httpx
 import pytest
 
@@ -226,22 +227,47 @@ async def test_profile_from_token_claims(live: LiveServer, echo_llm: FakeLLM) ->
     assert "C++" in echo_llm.chat_requests[-1]["messages"][0]["content"]
 
 
-async def test_chapter_jobs_are_claimed_once_and_taken_over_from_a_gone_process(
-    services: Services,
+async def test_chapter_job_claims_readers_and_take_overs(
+    services: Services, database_url: str
 ) -> None:
     store = services.store
-    await store.heartbeat("live-elsewhere:1", [])
-    await store.heartbeat("here:2", [])
-    key = f"claim-{os.getpid()}-{time.time_ns()}"
-    assert await store.claim_chapter_job(key, "live-elsewhere:1", "j1") == "j1"
-    assert await store.claim_chapter_job(key, "here:2", "j2") == "j1", "a live holder keeps it"
-    await store.drop_owner("live-elsewhere:1")
-    assert await store.claim_chapter_job(key, "here:2", "j3") == "j3", "a gone holder loses it"
-    await store.release_chapter_job(key, "j1")  # a late release of the old claim changes nothing
-    assert await store.claim_chapter_job(key, "other:3", "j4") == "j3"
-    await store.claim_chapter_job(key + "-orphan", "gone:4", "j5")
-    await store.prune_chapter_jobs()
-    assert await store.claim_chapter_job(key + "-orphan", "here:2", "j6") == "j6"
-    await store.release_chapter_job(key, "j3")
-    assert await store.claim_chapter_job(key, "other:3", "j7") == "j7"
-    await store.drop_owner("here:2")
+    here, elsewhere = f"here:{os.getpid()}:t", f"elsewhere:{os.getpid()}:t"
+    await store.heartbeat(elsewhere, [])
+    await store.heartbeat(here, [])
+    key = f"claim-{time.time_ns()}"
+    try:
+        assert await store.claim_chapter_job(key, elsewhere, "j1") == "j1"
+        assert await store.claim_chapter_job(key, here, "j2") == "j1", "a live holder keeps it"
+        # ... unless its journal never started (an abandoned claim) for a few seconds
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "UPDATE chapter_jobs SET started_at = now() - interval '1 minute' WHERE key = $1",
+                key,
+            )
+        finally:
+            await conn.close()
+        assert await store.claim_chapter_job(key, here, "j3") == "j3"
+        await store.release_chapter_job(key, "j1")  # a late release of the old claim: no effect
+        assert await store.claim_chapter_job(key, elsewhere, "j4") == "j3"
+
+        # readers count while their process lives
+        await store.add_job_reader("j3", "r1", elsewhere)
+        await store.add_job_reader("j3", "r2", "gone:1:x")
+        assert await store.job_readers("j3") == 1
+        await store.remove_job_reader("j3", "r1")
+        assert await store.job_readers("j3") == 0
+
+        # a holder that stops heartbeating loses it; its rows are pruned
+        await store.drop_owner(here)
+        assert await store.claim_chapter_job(key, elsewhere, "j5") == "j5"
+        await store.claim_chapter_job(key + "-orphan", "gone:1:x", "j6")
+        await store.prune_chapter_jobs()
+        assert await store.claim_chapter_job(key + "-orphan", elsewhere, "j7") == "j7"
+        await store.release_chapter_job(key, "j5")
+        await store.release_chapter_job(key + "-orphan", "j7")
+        assert await store.claim_chapter_job(key, here, "j8") == "j8"
+        await store.release_chapter_job(key, "j8")
+    finally:
+        await store.drop_owner(here)
+        await store.drop_owner(elsewhere)

@@ -245,8 +245,6 @@
     connect() {
       clearTimeout(this.retryTimer);
       if (this.ws) return;
-      // An attempt the browser knows must fail only burns the backoff; "online" calls us back.
-      if (navigator.onLine === false) return this._setState("offline");
       this._setState("connecting");
       this.stats.connects++;
       let ws;
@@ -379,7 +377,14 @@
       const base = Math.min(30000, 500 * 2 ** this.attempt++);
       const delay = base / 2 + (Math.random() * base) / 2;
       this._setState(navigator.onLine === false ? "offline" : "reconnecting", Date.now() + delay);
-      this.retryTimer = setTimeout(() => this.connect(), delay);
+      this.retryTimer = setTimeout(() => this._retry(), delay);
+    }
+
+    // An automatic retry the browser says must fail only burns the backoff: "online" calls
+    // connect() instead. Explicit connects (the first, "Retry now") always try.
+    _retry() {
+      if (navigator.onLine === false) this._setState("offline");
+      else this.connect();
     }
 
     _scheduleRefresh(expiresAt) {

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Self
@@ -14,20 +13,12 @@ from typing import Any, Self
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from server.errors import DatabaseUnavailable
+from server.errors import ConfigError, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
-
-def _migrations_dir() -> Path:
-    """sql/ of the source checkout, else the copy a wheel installs under the environment."""
-    checkout = Path(__file__).resolve().parents[2] / "sql"
-    if checkout.is_dir():
-        return checkout
-    return Path(sys.prefix) / "share" / "textbook-chat" / "sql"
-
-
-MIGRATIONS_DIR = _migrations_dir()
+# server/migrations links to the checkout's sql/, so an installed wheel carries the files
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
 _MIGRATION_LOCK = 0x7E47B00C  # advisory lock id: concurrent starters migrate one at a time
 
@@ -88,6 +79,8 @@ class StoreBase:
     async def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[str]:
         """Apply pending numbered migrations in order; return the names applied."""
         files = await asyncio.to_thread(_migration_files, directory)
+        if not files:
+            raise ConfigError(f"no migrations in {directory}: a broken installation")
         applied: list[str] = []
         async with self._conn() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
