@@ -8,7 +8,7 @@ each trial is done once within process A (the baseline) and once from A to proce
 - cancel: a stream on A is cancelled from a second socket (on A, or on B); time until the fake
   model sees its HTTP stream closed.
 
-Run: .venv/bin/python -m bench.cross_process [--trials 20] [--no-pin]
+Run: .venv/bin/python -m bench.cross_process [--trials 20] [--background 0] [--no-pin]
 
 The fake model runs in this process, so the client's actions and what the model sees are on one
 clock. The model streams 20 tokens/s.
@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 from websockets.asyncio.client import ClientConnection
 
-from bench.cancel import TaggedFake
+from bench.cancel import TaggedFake, background
 from bench.harness import (
     Target,
     free_port,
@@ -152,7 +152,10 @@ async def two_processes(
 async def main(args: argparse.Namespace) -> None:
     cores = split_cores(not args.no_pin)
     pin_self(cores.client)
-    print(f"resume and cancel within one process and across two: {args.trials} trials each")
+    print(
+        f"resume and cancel within one process and across two: {args.trials} trials each,"
+        f" {args.background} other sockets streaming on A"
+    )
     print(f"{cores.describe()} (both servers share the target CPU); {machine_line()}")
     fake = TaggedFake(FakeLLMConfig(tokens_per_answer=40, tokens_per_second=20.0))
     found = {"within A": Results(), "A to B": Results()}
@@ -160,10 +163,11 @@ async def main(args: argparse.Namespace) -> None:
         async with fake, two_processes(fake.base_url, cores.target, Path(tmp)) as (a, b):
             token = (await asyncio.to_thread(tokens, 1, "cross-"))[0]
             tags = (f"bench-trial-{n}" for n in itertools.count())
-            for _ in range(args.trials):
-                for way, other in (("within A", a), ("A to B", b)):
-                    await resume_trial(a, other, token, next(tags), found[way])
-                    await cancel_trial(fake, a, other, token, next(tags), found[way])
+            async with background(a, args.background):
+                for _ in range(args.trials):
+                    for way, other in (("within A", a), ("A to B", b)):
+                        await resume_trial(a, other, token, next(tags), found[way])
+                        await cancel_trial(fake, a, other, token, next(tags), found[way])
     rows = []
     for way, out in found.items():
         rows.append(
@@ -193,5 +197,8 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument(
+        "--background", type=int, default=0, help="sockets streaming on A meanwhile"
+    )
     parser.add_argument("--no-pin", action="store_true", help="let every process use every CPU")
     run(main(parser.parse_args()))
