@@ -86,7 +86,7 @@ class EdgeVectorStore:
                 limit=candidates,
                 query=qe.Query.Nearest(list(dense), using=DENSE_VECTOR),
                 filter=chapter_filter,
-                with_payload=True,
+                with_payload=False,
             )
         ]
         if sparse_indices:
@@ -96,11 +96,10 @@ class EdgeVectorStore:
                     limit=candidates,
                     query=qe.Query.Nearest(sparse, using=SPARSE_VECTOR),
                     filter=chapter_filter,
-                    with_payload=True,
+                    with_payload=False,
                 )
             )
-        found = await asyncio.to_thread(self._query_sync, qe.QueryBatchRequest(queries))
-        return fuse(found[0], found[1] if len(found) > 1 else [], limit)
+        return await asyncio.to_thread(self._query_sync, qe.QueryBatchRequest(queries), limit)
 
     async def count(self) -> int:
         """Exact number of stored points."""
@@ -152,17 +151,23 @@ class EdgeVectorStore:
                 shard.update(operation)
                 shard.flush()
 
-    def _query_sync(self, batch: qe.QueryBatchRequest) -> list[list[Hit]]:
+    def _query_sync(self, batch: qe.QueryBatchRequest, limit: int) -> list[Hit]:
+        # Candidates come without payloads and only the fused best are fetched with theirs:
+        # converting 80 payloads to Python per query cost more CPU than the search itself.
         shard = self._require_shard()
         with self._edge_failures():
             results = shard.query_batch(batch)
-        return [
-            [
-                Hit(id=str(point.id), score=float(point.score), payload=dict(point.payload or {}))
-                for point in points
+            point_ids = {str(p.id): p.id for points in results for p in points}
+            found = [
+                [Hit(id=str(p.id), score=float(p.score), payload={}) for p in points]
+                for points in results
             ]
-            for points in results
-        ]
+            best = fuse(found[0], found[1] if len(found) > 1 else [], limit)
+            records = shard.retrieve(
+                [point_ids[h.id] for h in best], with_payload=True, with_vector=False
+            )
+        payloads = {str(r.id): dict(r.payload or {}) for r in records}
+        return [Hit(id=h.id, score=h.score, payload=payloads.get(h.id, {})) for h in best]
 
     def _content_hashes_sync(self, chapter_ids: Sequence[str] | None) -> dict[str, str]:
         shard = self._require_shard()
