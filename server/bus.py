@@ -24,7 +24,8 @@ FRAMES = "tc_frames"  # payload: stream keys with new journaled frames, comma-se
 FOLLOW = "tc_follow"  # payload: a stream key someone on another process reads live
 CANCEL = "tc_cancel"  # payload: user \x1f stream id \x1f stream key
 CHAPTER = "tc_chapter"  # payload: journal id of a chapter job one of whose remote readers left
-CHANNELS = (FRAMES, FOLLOW, CANCEL, CHAPTER)
+PRESENCE = "tc_presence"  # payload: the id of a process that just started
+CHANNELS = (FRAMES, FOLLOW, CANCEL, CHAPTER, PRESENCE)
 RECONNECT_S = 1.0
 MAX_PAYLOAD = 7900  # Postgres refuses notification payloads of 8000 bytes or more
 

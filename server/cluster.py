@@ -10,7 +10,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 
-from server.bus import CANCEL, FOLLOW, FRAMES, SEP, Bus
+from server.bus import CANCEL, FOLLOW, FRAMES, PRESENCE, SEP, Bus
 from server.errors import ChatError, TooManyStreams
 from server.journal import PROCESS_ID, FrameJournal
 from server.registry import StreamRegistry
@@ -20,6 +20,7 @@ from server.store import Store
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10.0
+BUS_WAIT_S = 2.0
 SYNC_DELAY_S = 0.2  # changes within this window go out in one presence update
 
 
@@ -38,6 +39,7 @@ class Cluster:
         self._task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
         self._others_alive = True  # until the first heartbeat says otherwise
+        self._newcomer = asyncio.Event()  # another process started
         registry.on_change = self._dirty.set
 
     def start(self, dsn: str | None) -> None:
@@ -47,6 +49,7 @@ class Cluster:
             self.bus.on(FRAMES, self._on_frames)
             self.bus.on(FOLLOW, self._journal.mark_followed)
             self.bus.on(CANCEL, self._on_cancel)
+            self.bus.on(PRESENCE, self._on_newcomer)
             self.bus.start()
         self._task = asyncio.create_task(self._presence_loop(), name="presence")
 
@@ -56,16 +59,30 @@ class Cluster:
             self.bus.on(channel, handler)
 
     async def _presence_loop(self) -> None:
+        if self.bus is not None:  # listening first: of two starting together, one hears the other
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.bus.connected.wait(), BUS_WAIT_S)
+        with contextlib.suppress(ChatError):  # a lone process wakes up to count its users now
+            await self._store.notify(PRESENCE, PROCESS_ID)
         while True:
             self._dirty.clear()
+            self._newcomer.clear()
             try:
                 others = await self._store.heartbeat(PROCESS_ID, self._registry.counts())
                 self._others_alive = others > 0
             except ChatError as exc:
                 log.warning("presence update failed: %s", exc.message)
+            # Only other processes read the counts: alone, rewriting them on every change
+            # (each socket and stream) would be wasted work.
+            wake = self._dirty if self._others_alive else self._newcomer
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), HEARTBEAT_S)
+                await asyncio.wait_for(wake.wait(), HEARTBEAT_S)
             await asyncio.sleep(SYNC_DELAY_S)
+
+    def _on_newcomer(self, process_id: str) -> None:
+        if process_id != PROCESS_ID:
+            self._others_alive = True
+            self._newcomer.set()
 
     # ---- limits ------------------------------------------------------------------------
 
