@@ -95,7 +95,7 @@ async def serve_probed(port: int) -> None:
     )
     services = await Services.start(settings, loopback=True)
     app = create_app(settings, services=services, close_services=True)
-    await make_server(TaskProbe(app), services, "127.0.0.1", port).serve()
+    await make_server(TaskProbe(app), services, "127.0.0.1", port, freeze_gc=True).serve()
 
 
 # ---- the load --------------------------------------------------------------------------------

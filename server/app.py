@@ -330,14 +330,14 @@ class ChatApp:
 
     Starlette's two exception-handling layers would wrap every frame the socket sends in two more
     coroutine calls and keep their frames (~2 KB) alive on every open socket; a socket has no
-    HTTP response for them to make, and an exception still reaches uvicorn (close 1011)."""
+    HTTP response for them to make, and an exception still reaches uvicorn as it did."""
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
         self.state = app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == CHAT_PATH:
+        if scope["type"] == "websocket" and scope["path"] == scope.get("root_path", "") + CHAT_PATH:
             scope["app"] = self.app
             await chat(WebSocket(scope, receive, send))
         else:

@@ -263,19 +263,21 @@ class ChapterHub:
     async def _reap(self, job: ChapterJob) -> None:
         """Stop the job once nobody reads it, here or on a live process elsewhere."""
         assert job.log is not None and job.task is not None
-        while job.subscribers <= 0:
-            job.reader_left.clear()
-            try:
-                elsewhere = await self._share.readers(job.log.id)
-            except ChatError:
-                elsewhere = 1  # unknown: go on (a finished chapter is cached)
-            if elsewhere == 0:
-                if job.subscribers <= 0:
-                    job.task.cancel()
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(job.reader_left.wait(), READERS_POLL_S)
-        job.reaper = None
+        try:
+            while job.subscribers <= 0:
+                job.reader_left.clear()
+                try:
+                    elsewhere = await self._share.readers(job.log.id)
+                except ChatError:
+                    elsewhere = 1  # unknown: go on (a finished chapter is cached)
+                if elsewhere == 0:
+                    if job.subscribers <= 0:
+                        job.task.cancel()
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(job.reader_left.wait(), READERS_POLL_S)
+        finally:
+            job.reaper = None
 
     async def _run(self, job: ChapterJob, generate: Generate) -> None:
         try:

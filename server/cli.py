@@ -137,7 +137,7 @@ async def _serve(settings: Settings, host: str, port: int) -> int:
         )
     try:
         app = create_app(settings, services=services, close_services=True)
-        await make_server(app, services, host, port).serve()
+        await make_server(app, services, host, port, freeze_gc=True).serve()
     except BaseException:
         await services.close()  # the lifespan may never have run (e.g. the port was taken)
         raise

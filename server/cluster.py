@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -40,6 +41,7 @@ class Cluster:
         self._dirty = asyncio.Event()
         self._others_alive = True  # until the first heartbeat says otherwise
         self._newcomer = asyncio.Event()  # another process started
+        self._newcomer_until = 0.0  # counted as alive until its own heartbeat must show it
         registry.on_change = self._dirty.set
 
     def start(self, dsn: str | None) -> None:
@@ -59,19 +61,18 @@ class Cluster:
             self.bus.on(channel, handler)
 
     async def _presence_loop(self) -> None:
-        if self.bus is not None:  # listening first: of two starting together, one hears the other
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.bus.connected.wait(), BUS_WAIT_S)
-        with contextlib.suppress(ChatError):  # a lone process wakes up to count its users now
-            await self._store.notify(PRESENCE, PROCESS_ID)
+        announced = False
         while True:
             self._dirty.clear()
             self._newcomer.clear()
             try:
                 others = await self._store.heartbeat(PROCESS_ID, self._registry.counts())
-                self._others_alive = others > 0
+                self._others_alive = others > 0 or time.monotonic() < self._newcomer_until
             except ChatError as exc:
                 log.warning("presence update failed: %s", exc.message)
+            if not announced:  # alive in `owners` first, then say so to lone processes
+                announced = True
+                await self._announce()
             # Only other processes read the counts: alone, rewriting them on every change
             # (each socket and stream) would be wasted work.
             wake = self._dirty if self._others_alive else self._newcomer
@@ -79,9 +80,17 @@ class Cluster:
                 await asyncio.wait_for(wake.wait(), HEARTBEAT_S)
             await asyncio.sleep(SYNC_DELAY_S)
 
+    async def _announce(self) -> None:
+        if self.bus is not None:  # listening first: of two starting together, one hears the other
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.bus.connected.wait(), BUS_WAIT_S)
+        with contextlib.suppress(ChatError):  # a lone process wakes up to count its users now
+            await self._store.notify(PRESENCE, PROCESS_ID)
+
     def _on_newcomer(self, process_id: str) -> None:
         if process_id != PROCESS_ID:
             self._others_alive = True
+            self._newcomer_until = time.monotonic() + 2 * HEARTBEAT_S
             self._newcomer.set()
 
     # ---- limits ------------------------------------------------------------------------

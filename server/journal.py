@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 0.2
 FOLLOWED_INTERVAL_S = 0.02  # streams someone reads from another process are flushed promptly
 FOLLOW_TTL_S = 60.0
+MAX_FOLLOWED = 1024
 MAX_BUFFERED_FRAMES = 200_000
 PRUNE_INTERVAL_S = 60.0
 ABANDONED_S = 3600.0  # an unfinished stream nobody wrote to for an hour lost its process
@@ -68,6 +69,7 @@ class FrameJournal:
         self._due: float | None = None  # when the batch being gathered is written (monotonic)
         self._hurry = asyncio.Event()  # `_due` moved closer
         self._task: asyncio.Task[None] | None = None
+        self._writing: asyncio.Task[None] | None = None  # the batch being written now
         self._pruned_at = time.monotonic()
         self._followed: dict[str, float] = {}  # stream key -> until when
         self._closed = False
@@ -92,7 +94,10 @@ class FrameJournal:
     def mark_followed(self, key: str) -> None:
         """Another process reads this stream live (it asks again while it does): flush its
         frames every FOLLOWED_INTERVAL_S instead of the usual wait."""
-        self._followed[key] = time.monotonic() + FOLLOW_TTL_S
+        now = time.monotonic()
+        if len(self._followed) > MAX_FOLLOWED:  # every process hears every follow
+            self._followed = {k: t for k, t in self._followed.items() if t > now}
+        self._followed[key] = now + FOLLOW_TTL_S
         if key in self._batch.progress:
             self._bring_forward(0.0)  # the reader is waiting for these now
 
@@ -119,7 +124,10 @@ class FrameJournal:
                     await asyncio.wait_for(self._hurry.wait(), left)
             self._due = None
             self._wake.clear()
-            await self._write()
+            # Stopping the loop must not cancel a write half done: its frames would be lost
+            # while later ones (a stream's terminal frame) are written by close().
+            self._writing = asyncio.create_task(self._write(), name="frame-journal-write")
+            await asyncio.shield(self._writing)
             now = time.monotonic()
             if self._followed:
                 self._followed = {k: t for k, t in self._followed.items() if t > now}
@@ -167,6 +175,8 @@ class FrameJournal:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None
+        if self._writing is not None:
+            await self._writing
         await self._write()
 
 

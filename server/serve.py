@@ -42,18 +42,21 @@ class DrainingServer(uvicorn.Server):
     """On SIGTERM: stop accepting, let streams finish until the drain deadline, close sockets
     with 1012 so clients resume elsewhere, persist every frame, then stop as uvicorn does."""
 
-    def __init__(self, config: uvicorn.Config, services: Services) -> None:
+    def __init__(self, config: uvicorn.Config, services: Services, *, freeze_gc: bool) -> None:
         super().__init__(config)
         self.services = services
+        self.freeze_gc = freeze_gc
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        # Everything made at start (modules, the embedding model, the BM25 vocabulary: ~180k
-        # objects) lives as long as the process; a full collection walking them stalled the
-        # event loop for over 100 ms, and so every stream's next delta. Frozen, it walks what
-        # the connections made since.
-        gc.collect()
-        gc.freeze()
+        if self.freeze_gc:
+            # Everything made at start (modules, the embedding model, the BM25 vocabulary:
+            # ~180k objects) lives as long as the process; a full collection walking them
+            # stalled the event loop for over 100 ms, and so every stream's next delta. Frozen,
+            # it walks what the connections made since. Only for a process that is the server:
+            # frozen objects' cycles are never collected.
+            gc.collect()
+            gc.freeze()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -70,7 +73,13 @@ class DrainingServer(uvicorn.Server):
 
 
 def make_server(
-    app: Any, services: Services, host: str, port: int, **overrides: Any
+    app: Any,
+    services: Services,
+    host: str,
+    port: int,
+    *,
+    freeze_gc: bool = False,
+    **overrides: Any,
 ) -> DrainingServer:
     """The uvicorn server for `app`, with the socket limits the protocol promises."""
     s = services.settings
@@ -87,4 +96,4 @@ def make_server(
         "timeout_graceful_shutdown": 5,
         **overrides,
     }
-    return DrainingServer(uvicorn.Config(app, **options), services)
+    return DrainingServer(uvicorn.Config(app, **options), services, freeze_gc=freeze_gc)

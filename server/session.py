@@ -55,6 +55,7 @@ MAX_FRAME_BYTES = 131_072
 ABUSE_WINDOW_S = 10.0
 ABUSE_LIMIT = 50  # invalid frames per window before 1008
 MAX_BUFFERED_CHARS = 1_000_000  # text waiting for a slow reader, across its streams
+BUFFER_CHECK_CHARS = 16_384
 
 
 class Connection:
@@ -373,11 +374,11 @@ class Connection:
         """A stream has frames for this socket."""
         self._outbox.ready(stream)
         # The sum over the socket's streams (a cost on every delta) is taken only once this
-        # stream holds more than its share of the limit; the memory held stays bounded (under
-        # twice the limit whatever the order in which the streams grow).
+        # stream holds BUFFER_CHECK_CHARS: the total stays under the limit plus that much per
+        # stream.
         if (
             isinstance(stream, Stream)
-            and stream.buffered_chars() * len(self.streams) > MAX_BUFFERED_CHARS
+            and stream.buffered_chars() > BUFFER_CHECK_CHARS
             and self._buffered_chars() > MAX_BUFFERED_CHARS
         ):
             self._too_slow("the client reads too slowly")

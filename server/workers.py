@@ -88,7 +88,7 @@ async def _serve_worker(
     services = await Services.start(settings, loopback=loopback, replica=True)
     try:
         app = create_app(settings, services=services, close_services=True)
-        await make_server(app, services, host, port).serve(sockets=[sock])
+        await make_server(app, services, host, port, freeze_gc=True).serve(sockets=[sock])
     except BaseException:
         await services.close()
         raise

@@ -167,7 +167,8 @@ class EdgeVectorStore:
                 [point_ids[h.id] for h in best], with_payload=True, with_vector=False
             )
         payloads = {str(r.id): dict(r.payload or {}) for r in records}
-        return [Hit(id=h.id, score=h.score, payload=payloads.get(h.id, {})) for h in best]
+        # a point deleted by an ingest meanwhile is dropped, not returned without its text
+        return [Hit(h.id, h.score, payloads[h.id]) for h in best if h.id in payloads]
 
     def _content_hashes_sync(self, chapter_ids: Sequence[str] | None) -> dict[str, str]:
         shard = self._require_shard()
