@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.frames import ClientFrame, ServerFrame
+from protocol.frames import STREAM_ID_MAX, ClientFrame, ServerFrame
 
 
 class DecodeError(ValueError):
@@ -30,6 +30,20 @@ def decode_client(data: str | bytes) -> ClientFrame:
         raise DecodeError(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise DecodeError("JSON nested too deeply") from None
+
+
+def invalid_frame_id(text: str) -> str | None:
+    """The `id` of a frame that failed to decode, when it has a usable one, so the error can
+    name the stream."""
+    try:
+        value = msgspec.json.decode(text)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if isinstance(value, dict):
+        sid = value.get("id")
+        if isinstance(sid, str) and 0 < len(sid) <= STREAM_ID_MAX:
+            return sid
+    return None
 
 
 def decode_server(data: str | bytes) -> ServerFrame:

@@ -11,7 +11,8 @@ from protocol.codes import ErrorCode
 
 PROTOCOL_VERSION = 1
 
-StreamId = Annotated[str, Meta(min_length=1, max_length=64)]
+STREAM_ID_MAX = 64
+StreamId = Annotated[str, Meta(min_length=1, max_length=STREAM_ID_MAX)]
 Token = Annotated[str, Meta(min_length=1, max_length=16_384)]
 Question = Annotated[str, Meta(min_length=1, max_length=4000)]
 SelectionText = Annotated[str, Meta(min_length=1, max_length=8000)]

@@ -11,7 +11,6 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol import codec
@@ -223,7 +222,7 @@ class Connection:
         try:
             return codec.decode_client(text)
         except codec.DecodeError as exc:
-            self._reject(InvalidMessage(f"invalid frame: {exc}"), _stream_id_of(text))
+            self._reject(InvalidMessage(f"invalid frame: {exc}"), codec.invalid_frame_id(text))
             return None
 
     def _abusive(self) -> bool:
@@ -405,16 +404,3 @@ class Connection:
         self._outbox.drop_control()
         self._release_streams()
         self.close(CloseCode.TRY_AGAIN_LATER, why)
-
-
-def _stream_id_of(text: str) -> str | None:
-    """The `id` of an invalid frame, when it has a usable one, so the error can name the stream."""
-    try:
-        value = msgspec.json.decode(text)
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    if isinstance(value, dict):
-        sid = value.get("id")
-        if isinstance(sid, str) and 0 < len(sid) <= 64:
-            return sid
-    return None

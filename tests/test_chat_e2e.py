@@ -205,11 +205,15 @@ async def test_invalid_frames_get_errors_and_the_socket_stays_usable(live: LiveS
             json.dumps({"type": "ask", "id": "q", "question": 42}),
             json.dumps([1, 2]),
         ]
+        ids = []
         for raw in cases:
             await chat.ws.send(raw)
             error = await chat.recv()
             assert error["type"] == "error" and error["code"] == "invalid_message", (raw, error)
             assert error["retryable"] is False
+            ids.append(error.get("id"))
+        # the error names the stream when the frame carries a usable id
+        assert ids == [None, None, "q", "q", None, "q", "q", None]
         await chat.ws.send(b"\x00\x01binary")
         error = await chat.recv()
         assert error["code"] == "invalid_message" and "binary" in error["message"]
