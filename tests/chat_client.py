@@ -54,6 +54,15 @@ class ChatClient:
                 ends[frame["id"]] = frame
         return list(ends.values())
 
+    async def until_closed(self) -> tuple[list[dict[str, Any]], int | None]:
+        """Every frame until the server closes the socket, and the close code it sent."""
+        frames: list[dict[str, Any]] = []
+        try:
+            while True:
+                frames.append(await self.recv())
+        except websockets.ConnectionClosed as closed:
+            return frames, closed.rcvd.code if closed.rcvd else None
+
     async def ask(self, stream_id: str, question: str, **fields: Any) -> list[dict[str, Any]]:
         await self.send(type="ask", id=stream_id, question=question, **fields)
         return await self.stream(stream_id)

@@ -8,6 +8,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI does; see serve
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import socket
 import tempfile
@@ -22,7 +23,7 @@ import uvicorn
 
 from server.app import create_app
 from server.auth import mint_token
-from server.fake_llm import FakeLLM
+from server.fake_llm import FakeLLM, FakeLLMConfig
 from server.serve import make_server
 from server.services import Services
 from server.settings import Settings
@@ -103,6 +104,17 @@ def make_settings(data_dir: Path, database_url: str, **overrides: str) -> Settin
     return Settings.from_env(env)
 
 
+@contextlib.contextmanager
+def model_config(fake_llm: FakeLLM, **config: Any) -> Iterator[FakeLLM]:
+    """The fake model behaving as told for the block; restored afterwards."""
+    saved = fake_llm.config
+    fake_llm.config = FakeLLMConfig(**config)
+    try:
+        yield fake_llm
+    finally:
+        fake_llm.config = saved
+
+
 def free_port() -> int:
     """A free TCP port on loopback."""
     with socket.socket() as s:
@@ -171,6 +183,14 @@ async def services(
     started = await Services.start(settings, loopback=True)
     yield started
     await started.close()
+
+
+@contextlib.asynccontextmanager
+async def server_with(services: Services, **settings: Any) -> AsyncIterator[LiveServer]:
+    """A server on the shared components with some settings changed (and its own session state)."""
+    changed = dataclasses.replace(services.settings, **settings)
+    async with LiveServer(dataclasses.replace(services, settings=changed)) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from server.app import create_app
 from server.auth import TokenVerifier
-from server.fake_llm import FakeLLM, FakeLLMConfig
+from server.fake_llm import FakeLLM
 from server.ingest import ingest_book
 from server.retrieval import Retriever
 from server.serve import make_server
@@ -40,28 +40,20 @@ from server.services import ChapterCatalog, Services
 from server.store import Store
 from server.vectorstore import EdgeVectorStore
 from tests.chat_client import ChatClient, connect
-from tests.conftest import JWT_SECRET, AppServer, LiveServer, free_port, fresh_database, token_for
+from tests.conftest import (
+    JWT_SECRET,
+    AppServer,
+    LiveServer,
+    free_port,
+    fresh_database,
+    model_config,
+    server_with,
+    token_for,
+)
 
 ISSUER = "https://auth.book.example"
 AUDIENCE = "https://book.example"
 b64 = jwt.utils.base64url_encode
-
-
-@contextlib.asynccontextmanager
-async def server_with(services: Services, **changes: Any) -> AsyncIterator[LiveServer]:
-    """A server on the shared components with some settings changed (and its own session state)."""
-    changed = dataclasses.replace(services.settings, **changes)
-    async with LiveServer(dataclasses.replace(services, settings=changed)) as server:
-        yield server
-
-
-async def _read_until_closed(chat: ChatClient) -> tuple[list[dict[str, Any]], int | None]:
-    frames: list[dict[str, Any]] = []
-    try:
-        while True:
-            frames.append(await chat.recv())
-    except websockets.ConnectionClosed as closed:
-        return frames, closed.rcvd.code if closed.rcvd else None
 
 
 # ---- the JWT matrix --------------------------------------------------------------------------
@@ -252,11 +244,11 @@ async def _refused(
         async with websockets.connect(
             url, additional_headers={"Authorization": f"Bearer {token}"}
         ) as ws:
-            return await _read_until_closed(ChatClient(ws))
+            return await ChatClient(ws).until_closed()
     async with websockets.connect(url) as ws:
         chat = ChatClient(ws)
         await chat.send(type="auth", token=token)
-        return await _read_until_closed(chat)
+        return await chat.until_closed()
 
 
 async def test_every_forged_or_misdirected_token_is_refused_with_4401(
@@ -325,7 +317,7 @@ async def test_refresh_cannot_switch_user_or_downgrade(guarded: LiveServer, keys
             guarded.ws_url, jwt.encode(_claims(), JWT_SECRET, algorithm="HS256")
         ) as chat:
             await chat.send(type="auth", token=token)
-            frames, code = await _read_until_closed(chat)
+            frames, code = await chat.until_closed()
         assert code == 4401 and [f["type"] for f in frames] == ["error"], (name, frames)
 
 
@@ -349,10 +341,8 @@ async def test_an_oversized_bearer_header_is_refused_promptly(live: LiveServer) 
 
 @pytest.fixture
 def slow_llm(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(tokens_per_answer=60, tokens_per_second=40)
-    yield fake_llm
-    fake_llm.config = saved
+    with model_config(fake_llm, tokens_per_answer=60, tokens_per_second=40):
+        yield fake_llm
 
 
 async def test_another_users_conversations_streams_and_profile_are_not_found(
@@ -480,7 +470,7 @@ async def test_one_users_connection_flood_gets_4429_and_others_are_served(
                 async with websockets.connect(
                     server.ws_url, additional_headers={"Authorization": f"Bearer {token}"}
                 ) as ws:
-                    codes.append((await _read_until_closed(ChatClient(ws)))[1])
+                    codes.append((await ChatClient(ws).until_closed())[1])
             assert codes == [4429] * 20
             async with connect(server.ws_url, token_for("neighbour")) as chat:
                 assert (await chat.ask("n", "What is a humanoid?"))[-1]["type"] == "done"
@@ -502,7 +492,7 @@ async def test_unauthenticated_sockets_are_closed_4408_and_cost_nothing_after(
             ]
             async with connect(server.ws_url, token_for("busy")) as chat:
                 assert (await chat.ask("b", "What is a humanoid?"))[-1]["type"] == "done"
-            codes = await asyncio.gather(*(_read_until_closed(ChatClient(ws)) for ws in idle))
+            codes = await asyncio.gather(*(ChatClient(ws).until_closed() for ws in idle))
         assert {code for _, code in codes} == {4408}
         assert server.services.registry.connections() == []
 
@@ -678,7 +668,6 @@ async def test_logs_at_info_hold_no_token_secret_or_prompt(
     )
     question = "What is the quokka-7731 stability margin of a biped?"
     selection = "The selection-5519 passage about walking."
-    saved = fake_llm.config
     server = InfoLiveServer(dataclasses.replace(services))  # its own registry: shutdown drains it
     levels = [logger.level for logger in uvicorn_loggers]
     for logger in uvicorn_loggers:
@@ -689,9 +678,8 @@ async def test_logs_at_info_hold_no_token_secret_or_prompt(
                 assert (await chat.ask("l1", question, selection={"text": selection}))[-1][
                     "type"
                 ] == "done"
-                fake_llm.config = FakeLLMConfig(fail_status=500)
-                assert (await chat.ask("l2", question))[-1]["code"] == "upstream_unavailable"
-                fake_llm.config = saved
+                with model_config(fake_llm, fail_status=500):
+                    assert (await chat.ask("l2", question))[-1]["code"] == "upstream_unavailable"
                 await chat.ws.send(
                     '{"type":"ask","id":"l3","question":' + json.dumps(question) + ","
                 )
@@ -702,7 +690,6 @@ async def test_logs_at_info_hold_no_token_secret_or_prompt(
                 await http.get("/v1/conversations", headers={"Authorization": f"Bearer {token}"})
                 await http.get("/v1/profile", headers={"Authorization": f"Bearer {forged}"})
     finally:
-        fake_llm.config = saved
         for logger, level in zip(uvicorn_loggers, levels, strict=True):
             logger.removeHandler(caplog.handler)
             logger.setLevel(level)  # uvicorn set them to INFO for the whole process

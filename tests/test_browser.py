@@ -7,7 +7,6 @@ downloads a browser. `TC_SCREENSHOTS=1` also writes the README's screenshots.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
@@ -21,9 +20,9 @@ import pytest
 
 from server.app import create_app
 from server.auth import TokenVerifier, signing_secret
-from server.fake_llm import FakeLLM, FakeLLMConfig, expected_reply
+from server.fake_llm import FakeLLM, expected_reply
 from server.services import Services
-from tests.conftest import ROOT, AppServer, LiveServer, token_for
+from tests.conftest import ROOT, AppServer, LiveServer, model_config, token_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -86,16 +85,6 @@ def last_prompt(fake: FakeLLM) -> str:
     """What the fake model answered to: the last user message of the last chat request."""
     content: str = fake.chat_requests[-1]["messages"][-1]["content"]
     return content
-
-
-@contextlib.contextmanager
-def model(fake: FakeLLM, **config: Any) -> Iterator[FakeLLMConfig]:
-    saved = fake.config
-    fake.config = FakeLLMConfig(**config)
-    try:
-        yield fake.config
-    finally:
-        fake.config = saved
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +235,7 @@ async def test_demo_asks_streams_with_sources_and_keeps_the_conversation(
     await page.keyboard.press("Enter")
     assert await page.evaluate("document.activeElement.id") == "tc-input"
     assert await page.locator(".tc-launcher").get_attribute("aria-expanded") == "true"
-    with model(fake_llm, tokens_per_second=40, tokens_per_answer=40):
+    with model_config(fake_llm, tokens_per_second=40, tokens_per_answer=40):
         await tab.ask("What is the zero-moment point?")
         await page.wait_for_selector(".tc-bot[aria-busy] .tc-sources a")
         await page.wait_for_function(
@@ -307,7 +296,7 @@ async def test_highlight_a_passage_and_ask_about_it(open_tab: OpenTab, fake_llm:
 async def test_stop_ends_the_stream(open_tab: OpenTab, fake_llm: FakeLLM) -> None:
     tab = await open_tab("/", user="stopper")
     await tab.open_panel()
-    with model(fake_llm, tokens_per_second=15, tokens_per_answer=200):
+    with model_config(fake_llm, tokens_per_second=15, tokens_per_answer=200):
         await tab.ask("Tell me everything about sensors")
         await tab.page.wait_for_function(
             "() => document.querySelector('.tc-bot .tc-body').innerText.split(' ').length > 3"
@@ -330,7 +319,7 @@ async def test_lost_socket_reconnects_and_resumes_without_duplicates(
     tab = await open_tab("/", user="roamer")
     page = tab.page
     await tab.open_panel()
-    with model(fake_llm, tokens_per_second=20, tokens_per_answer=50):
+    with model_config(fake_llm, tokens_per_second=20, tokens_per_answer=50):
         await tab.ask("How do robots keep their balance?")
         await page.wait_for_function(
             "() => document.querySelector('.tc-bot .tc-body').innerText.split(' ').length > 4"
@@ -357,7 +346,7 @@ async def test_answer_in_flight_follows_the_reader_to_a_source_page(
     tab = await open_tab("/", user="wanderer")
     page = tab.page
     await tab.open_panel()
-    with model(fake_llm, tokens_per_second=15, tokens_per_answer=45):
+    with model_config(fake_llm, tokens_per_second=15, tokens_per_answer=45):
         await tab.ask("Where do humanoids keep their balance?")
         await page.wait_for_selector(".tc-bot[aria-busy] .tc-sources a")
         await page.locator(".tc-sources a").first.click()  # a new page, mid-answer
@@ -451,7 +440,7 @@ async def test_hostile_markdown_renders_as_inert_text(open_tab: OpenTab, fake_ll
     tab = await open_tab("/", user="mallory")
     page = tab.page
     await tab.open_panel()
-    with model(fake_llm, reply=HOSTILE):
+    with model_config(fake_llm, reply=HOSTILE):
         await tab.ask("Say something nasty")
         text = await tab.answer()
     body = page.locator(".tc-bot .tc-body")
@@ -490,7 +479,7 @@ async def test_hostile_markdown_renders_as_inert_text(open_tab: OpenTab, fake_ll
 
 @pytest.fixture
 def echo(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
-    with model(fake_llm, echo=True):
+    with model_config(fake_llm, echo=True):
         yield fake_llm
 
 
@@ -571,7 +560,7 @@ async def test_screenshots_for_the_readme(open_tab: OpenTab, fake_llm: FakeLLM) 
     await page.locator(".demo-content p").first.click(click_count=3)
     await page.locator(".tc-ask-selection").click()
     await screenshot(tab, "widget-open.png")
-    with model(fake_llm, reply=ANSWER, tokens_per_second=25):
+    with model_config(fake_llm, reply=ANSWER, tokens_per_second=25):
         await tab.ask("What is the zero-moment point, in plain words?")
         await page.wait_for_function(
             "() => (document.querySelector('.tc-bot .tc-body').textContent.match(/ /g) || []).length > 45"
@@ -580,7 +569,7 @@ async def test_screenshots_for_the_readme(open_tab: OpenTab, fake_llm: FakeLLM) 
         await tab.answer()
     await page.goto(live_url(page) + "/docs/sensors-and-perception")
     await page.locator(".tc-launcher").click()  # closes the panel this tab left open
-    with model(fake_llm, reply=URDU):
+    with model_config(fake_llm, reply=URDU):
         await page.get_by_role("button", name="Translate").click()
         await page.wait_for_selector(".tc-reader-status:has-text('Translated')")
     assert await page.locator(".tc-reader-output[dir=rtl]").count() == 1

@@ -13,11 +13,11 @@ import asyncpg
 import httpx
 import pytest
 
-from server.fake_llm import FakeLLM, FakeLLMConfig
+from server.fake_llm import FakeLLM
 from server.rewrite import split_chapter
 from server.services import Services
 from tests.chat_client import connect, deltas
-from tests.conftest import LiveServer, token_for
+from tests.conftest import LiveServer, model_config, token_for
 
 CHAPTER = "ros2-basics/ros2-services-actions-qos"
 PROFILE = {
@@ -30,10 +30,8 @@ FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.M | re.S)
 
 @pytest.fixture
 def echo_llm(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(echo=True)
-    yield fake_llm
-    fake_llm.config = saved
+    with model_config(fake_llm, echo=True):
+        yield fake_llm
 
 
 async def _put_profile(live: LiveServer, user: str, profile: dict[str, object]) -> httpx.Response:
@@ -161,9 +159,7 @@ async def test_identical_concurrent_requests_generate_once(
     row = await live.services.store.get_chapter(CHAPTER)
     assert row is not None
     sections = len(split_chapter(row.markdown))
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(echo=True, tokens_per_second=200)
-    try:
+    with model_config(fake_llm, echo=True, tokens_per_second=200):
         before = len(fake_llm.chat_requests)
         token = token_for("sam")
         async with connect(live.ws_url, token) as a, connect(live.ws_url, token) as b:
@@ -172,8 +168,6 @@ async def test_identical_concurrent_requests_generate_once(
             await b.send(type="chapter", id="y", chapter=CHAPTER, mode="translate", language="de")
             first, second = await asyncio.gather(a.stream("x"), b.stream("y"))
         generated = len(fake_llm.chat_requests) - before
-    finally:
-        fake_llm.config = saved
     assert first[-1]["type"] == second[-1]["type"] == "done"
     assert second[-1]["cached"] is False, "it joined the running generation, not the cache"
     assert deltas(second) == head["text"] + deltas(first)
@@ -181,9 +175,7 @@ async def test_identical_concurrent_requests_generate_once(
 
 
 async def test_cancel_stops_every_upstream_request(live: LiveServer, fake_llm: FakeLLM) -> None:
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(echo=True, tokens_per_second=20)
-    try:
+    with model_config(fake_llm, echo=True, tokens_per_second=20):
         disconnected = fake_llm.streams_disconnected
         async with connect(live.ws_url, token_for("cy")) as chat:
             await chat.send(
@@ -197,8 +189,6 @@ async def test_cancel_stops_every_upstream_request(live: LiveServer, fake_llm: F
         assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "cancelled"
         await fake_llm.wait_for(lambda: fake_llm.open_streams == 0, timeout=2)
         assert fake_llm.streams_disconnected - disconnected >= running >= 2
-    finally:
-        fake_llm.config = saved
 
 
 async def test_refusals(live: LiveServer, services: Services, echo_llm: FakeLLM) -> None:

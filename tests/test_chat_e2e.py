@@ -12,23 +12,21 @@ import pytest
 import websockets
 from qdrant_client import AsyncQdrantClient
 
-from server.fake_llm import FakeLLM, FakeLLMConfig
+from server.fake_llm import FakeLLM
 from server.llm import EXTRACTIVE_NOTICE, ExtractiveModel
 from server.retrieval import Retriever
 from server.services import Services
 from server.store import Store
 from server.vectorstore import QdrantServerStore
 from tests.chat_client import connect, deltas
-from tests.conftest import LiveServer, free_port, token_for
+from tests.conftest import LiveServer, free_port, model_config, token_for
 
 
 @pytest.fixture
 def slow_llm(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
     """The fake model at 20 tokens/s with long answers; restored afterwards."""
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(tokens_per_answer=400, tokens_per_second=20)
-    yield fake_llm
-    fake_llm.config = saved
+    with model_config(fake_llm, tokens_per_answer=400, tokens_per_second=20):
+        yield fake_llm
 
 
 def _types(frames: list[dict[str, object]]) -> list[object]:
@@ -285,13 +283,9 @@ async def test_duplicate_and_too_many_streams(live: LiveServer, slow_llm: FakeLL
 async def test_model_failure_maps_to_upstream_unavailable(
     live: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    saved_config = fake_llm.config
-    fake_llm.config = FakeLLMConfig(fail_status=503)
-    try:
+    with model_config(fake_llm, fail_status=503):
         async with connect(live.ws_url, token_for("lee")) as chat:
             frames = await chat.ask("f", "What is LiDAR?")
-    finally:
-        fake_llm.config = saved_config
     error = frames[-1]
     assert (
         error["type"] == "error"
@@ -371,13 +365,9 @@ async def test_auth_timeout_closes_4408(services: Services) -> None:
 async def test_model_breaking_mid_stream_keeps_the_partial_answer(
     live: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    saved_config = fake_llm.config
-    fake_llm.config = FakeLLMConfig(tokens_per_answer=50, break_after_tokens=5)
-    try:
+    with model_config(fake_llm, tokens_per_answer=50, break_after_tokens=5):
         async with connect(live.ws_url, token_for("pat")) as chat:
             frames = await chat.ask("b", "What is a humanoid?")
-    finally:
-        fake_llm.config = saved_config
     assert frames[-1]["type"] == "error" and frames[-1]["code"] == "upstream_unavailable"
     assert frames[-1]["retryable"] is True
     partial = deltas(frames)
@@ -443,13 +433,9 @@ async def test_database_down_is_database_unavailable(services: Services, databas
 async def test_metrics_and_where_the_first_delta_time_went(
     live: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(tokens_per_answer=10, tokens_per_second=100)
-    try:
+    with model_config(fake_llm, tokens_per_answer=10, tokens_per_second=100):
         async with connect(live.ws_url, token_for("metra")) as chat:
             frames = await chat.ask("m", "What is the zero-moment point?")
-    finally:
-        fake_llm.config = saved
     timings = frames[-1]["timings"]
     for span in ("embed_ms", "search_ms", "db_ms", "model_first_chunk_ms", "server_added_ms"):
         assert timings[span] >= 0, span

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,37 +10,30 @@ from pathlib import Path
 import pytest
 import websockets
 
-from server.fake_llm import FakeLLM, FakeLLMConfig
+from server.fake_llm import FakeLLM
 from tests.chat_client import connect, deltas
-from tests.conftest import JWT_SECRET, LiveServer, free_port, token_for
-from tests.processes import serve_process
+from tests.conftest import LiveServer, model_config, token_for
+from tests.processes import serve_copy
 
 
 @pytest.fixture
 def slow_llm(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(tokens_per_answer=200, tokens_per_second=25)
-    yield fake_llm
-    fake_llm.config = saved
+    with model_config(fake_llm, tokens_per_answer=200, tokens_per_second=25):
+        yield fake_llm
 
 
 async def test_sigterm_drains_then_closes_1012_and_nothing_is_lost(
     live: LiveServer, database_url: str, tmp_data_dir: Path, tmp_path: Path, slow_llm: FakeLLM
 ) -> None:
-    data = tmp_path / "data"
-    # the book is already indexed in the session's Postgres; give the process a copy of its index
-    await asyncio.to_thread(shutil.copytree, tmp_data_dir / "main" / "qdrant", data / "qdrant")
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATA_DIR": str(data),
-        "DATABASE_URL": database_url,
-        "JWT_SECRET": JWT_SECRET,
-        "OPENAI_BASE_URL": slow_llm.base_url,
-        "OPENAI_API_KEY": "test",
-        "DRAIN_SECONDS": "2",
-    }
-    async with serve_process(port, env, tmp_path / "serve.log") as proc:
+    # the book is already indexed in the session's Postgres; the process gets a copy of its index
+    async with serve_copy(
+        tmp_path / "data",
+        tmp_data_dir / "main" / "qdrant",
+        tmp_path / "serve.log",
+        DATABASE_URL=database_url,
+        OPENAI_BASE_URL=slow_llm.base_url,
+        DRAIN_SECONDS="2",
+    ) as (port, proc):
         url = f"ws://127.0.0.1:{port}/v1/chat"
         async with connect(url, token_for("dora")) as chat:
             await chat.send(type="ask", id="long", question="Explain bipedal walking in depth")

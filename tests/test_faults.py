@@ -10,10 +10,9 @@ import json
 import os
 import shutil
 import signal
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,28 +23,18 @@ import pytest
 import pytest_asyncio
 import websockets
 
-from server.fake_llm import FakeLLM, FakeLLMConfig
+from server.fake_llm import FakeLLM
 from server.llm import OpenAIChatModel
 from server.pg import EmbeddedPostgres
 from server.retrieval import Retriever
 from server.services import Services, openai_client
 from server.vectorstore import EdgeVectorStore
 from tests.chat_client import ChatClient, connect, deltas
-from tests.conftest import JWT_SECRET, LiveServer, free_port, token_for
+from tests.conftest import LiveServer, model_config, token_for
+from tests.processes import serve_copy, wait_ready
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 CHAPTER = "ros2-basics/ros2-nodes-and-topics"
-
-
-@contextlib.contextmanager
-def model_config(fake_llm: FakeLLM, **config: Any) -> Iterator[FakeLLM]:
-    """The fake model behaving as told for the block; restored afterwards."""
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(**config)
-    try:
-        yield fake_llm
-    finally:
-        fake_llm.config = saved
 
 
 def _chat_times(fake_llm: FakeLLM, since: float) -> list[float]:
@@ -241,70 +230,6 @@ async def test_the_vector_store_going_away_is_retryable_and_recovers(
 # ---- server processes ------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def serve_process(
-    data_dir: Path, shard: Path, log: Path, **env: str
-) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
-    """`textbook-chat serve` in a child process on a copy of the indexed shard (no ingest)."""
-    await asyncio.to_thread(shutil.copytree, shard, data_dir / "qdrant")
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "DATA_DIR": str(data_dir),
-        "JWT_SECRET": JWT_SECRET,
-        "OPENAI_API_KEY": "test",
-        "LOG_LEVEL": "WARNING",
-        **env,
-    }
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--port",
-            str(port),
-            env=full_env,
-            stdout=out,
-            stderr=out,
-        )
-    try:
-        await wait_ready(port, proc, log)
-        yield port, proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-async def wait_ready(
-    port: int,
-    proc: asyncio.subprocess.Process,
-    log: Path,
-    within: float = 120,
-) -> None:
-    """Poll /readyz until it answers 200."""
-    deadline = time.monotonic() + within
-    async with httpx.AsyncClient(timeout=5) as http:
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise AssertionError(await _tail(log))
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"not ready on :{port}: {await _tail(log)}")
-
-
-async def _tail(log: Path) -> str:
-    text = await asyncio.to_thread(log.read_text, errors="replace")
-    return text[-3000:]
-
-
 @dataclasses.dataclass
 class Asked:
     """One question a load client asked, and everything it saw of the answer."""
@@ -390,7 +315,7 @@ async def restart_run(
     dsn = await asyncio.to_thread(pg.start)
     try:
         with model_config(fake_llm, tokens_per_answer=20, tokens_per_second=20):
-            async with serve_process(
+            async with serve_copy(
                 root / "data",
                 tmp_data_dir / "main" / "qdrant",
                 root / "serve.log",
@@ -491,7 +416,7 @@ async def test_sigterm_under_load_loses_nothing(
     seen: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
     codes: dict[str, int | None] = {}
     with model_config(fake_llm, tokens_per_answer=200, tokens_per_second=25):
-        async with serve_process(
+        async with serve_copy(
             tmp_path / "data",
             tmp_data_dir / "main" / "qdrant",
             tmp_path / "serve.log",

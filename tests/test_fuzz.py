@@ -35,8 +35,8 @@ from websockets.sync.client import connect as sync_connect
 from protocol import codec
 from server.fake_llm import FakeLLM
 from server.services import Services
-from tests.chat_client import ChatClient, connect
-from tests.conftest import LiveServer, token_for
+from tests.chat_client import connect
+from tests.conftest import LiveServer, server_with, token_for
 
 FRAME_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 HTTP_EXAMPLES = int(os.environ.get("FUZZ_HTTP_EXAMPLES", "30"))
@@ -56,14 +56,6 @@ SETTINGS = settings(
 
 # U+0000 is left out of generated text: the server fails on it (the xfail tests below).
 CHARS = st.characters(codec="utf-8", exclude_characters="\x00")
-
-
-@contextlib.asynccontextmanager
-async def server_with(services: Services, **changes: Any) -> AsyncIterator[LiveServer]:
-    """A server on the shared components with some settings changed (and its own session state)."""
-    changed = dataclasses.replace(services.settings, **changes)
-    async with LiveServer(dataclasses.replace(services, settings=changed)) as server:
-        yield server
 
 
 def _dump(value: Any) -> str:
@@ -577,15 +569,6 @@ async def test_generated_frames_get_the_spec_answers_and_leak_nothing(
     assert after.pooled <= before.pooled + 10 + 4, "pooled sockets stay within the pools' bounds"
 
 
-async def _closed_code(chat: ChatClient) -> tuple[list[dict[str, Any]], int | None]:
-    frames: list[dict[str, Any]] = []
-    try:
-        while True:
-            frames.append(await chat.recv())
-    except websockets.ConnectionClosed as closed:
-        return frames, closed.rcvd.code if closed.rcvd else None
-
-
 async def test_frame_size_limit_is_128_kib_whole_or_fragmented(live: LiveServer) -> None:
     token = token_for("sizer")
     async with watched_by_bystander(live.ws_url) as ends:
@@ -596,12 +579,12 @@ async def test_frame_size_limit_is_128_kib_whole_or_fragmented(live: LiveServer)
             error = await chat.recv()
             assert error["code"] == "invalid_message" and "nonce" in error["message"]
             await chat.ws.send(exact[:-2] + 'x"}')
-            frames, code = await _closed_code(chat)
+            frames, code = await chat.until_closed()
             assert (frames, code) == ([], 1009)
         async with connect(live.ws_url, token, max_size=2**22) as chat:
             piece = "y" * 16_384
             await chat.ws.send(['{"type":"ping","nonce":"', *[piece] * 9, '"}'])  # 9 fragments
-            assert await _closed_code(chat) == ([], 1009)
+            assert await chat.until_closed() == ([], 1009)
         async with connect(live.ws_url, token) as chat:
             await chat.send(type="ping", nonce="still here")
             assert await chat.recv() == {"type": "pong", "nonce": "still here"}
@@ -614,7 +597,7 @@ async def test_a_flood_of_invalid_frames_closes_1008_and_spares_others(live: Liv
         async with connect(live.ws_url, token) as chat:
             for i in range(80):
                 await chat.ws.send(f'{{"type":"nonsense","n":{i}}}')
-            frames, code = await _closed_code(chat)
+            frames, code = await chat.until_closed()
         errors = [f for f in frames if f["type"] == "error"]
         assert code == 1008
         assert len(errors) >= 50 and {e["code"] for e in errors} == {"invalid_message"}
@@ -629,7 +612,7 @@ async def test_a_flood_of_invalid_frames_closes_1008_and_spares_others(live: Liv
 async def test_invalid_utf8_in_a_text_frame_closes_1007(live: LiveServer) -> None:
     async with connect(live.ws_url, token_for("utf")) as chat:
         await chat.ws.send(b'{"type":"ping","nonce":"\xff\xfe"}', text=True)
-        assert await _closed_code(chat) == ([], 1007)
+        assert await chat.until_closed() == ([], 1007)
         # RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection (the spec is silent)
 
 

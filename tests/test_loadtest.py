@@ -16,7 +16,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 
 from server.errors import ConfigError
-from server.fake_llm import FakeLLM, FakeLLMConfig
+from server.fake_llm import FakeLLM
 from server.loadtest import Snapshot, StreamTracker, WireFrame, WireUsage, run_load
 from server.loadtest_config import LoadConfig, parse_mix, parse_users, tokens_for
 from server.loadtest_report import (
@@ -28,7 +28,7 @@ from server.loadtest_report import (
     percentile,
     write_png,
 )
-from tests.conftest import JWT_SECRET, ROOT, LiveServer, free_port
+from tests.conftest import JWT_SECRET, ROOT, LiveServer, free_port, model_config
 
 CHAPTER = "ros2-basics/ros2-nodes-and-topics"
 
@@ -36,10 +36,8 @@ CHAPTER = "ros2-basics/ros2-nodes-and-topics"
 @pytest.fixture
 def paced_llm(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
     """The fake model at 100 tokens/s, 20 tokens an answer, so streams have gaps; restored after."""
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(tokens_per_answer=20, tokens_per_second=100)
-    yield fake_llm
-    fake_llm.config = saved
+    with model_config(fake_llm, tokens_per_answer=20, tokens_per_second=100):
+        yield fake_llm
 
 
 # ---- statistics ----------------------------------------------------------------------------

@@ -4,8 +4,6 @@ identical chapter requests generated once."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,19 +15,17 @@ import httpx
 import pytest
 import websockets
 
-from server.fake_llm import FakeLLM, FakeLLMConfig
+from server.fake_llm import FakeLLM
 from server.rewrite import split_chapter
 from tests.chat_client import ChatClient, connect, deltas
-from tests.conftest import JWT_SECRET, free_port, token_for
-from tests.processes import serve_process
+from tests.conftest import model_config, token_for
+from tests.processes import serve_copy
 
 
 @pytest.fixture
 def paced_llm(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(tokens_per_answer=120, tokens_per_second=40)
-    yield fake_llm
-    fake_llm.config = saved
+    with model_config(fake_llm, tokens_per_answer=120, tokens_per_second=40):
+        yield fake_llm
 
 
 @asynccontextmanager
@@ -37,22 +33,15 @@ async def serving(
     name: str, tmp: Path, index: Path, database_url: str, llm: FakeLLM, **env: str
 ) -> AsyncIterator[str]:
     """`textbook-chat serve` as its own process; yields its socket URL."""
-    data = tmp / name
-    await asyncio.to_thread(shutil.copytree, index, data / "qdrant")
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "DATA_DIR": str(data),
-        "DATABASE_URL": database_url,
-        "JWT_SECRET": JWT_SECRET,
-        "OPENAI_BASE_URL": llm.base_url,
-        "OPENAI_API_KEY": "test",
+    async with serve_copy(
+        tmp / name,
+        index,
+        tmp / f"{name}.log",
+        DATABASE_URL=database_url,
+        OPENAI_BASE_URL=llm.base_url,
         **env,
-    }
-    async with serve_process(port, full_env, tmp / f"{name}.log") as proc:
+    ) as (port, _proc):
         yield f"ws://127.0.0.1:{port}/v1/chat"
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30)
 
 
 @asynccontextmanager
@@ -156,9 +145,7 @@ async def test_identical_chapters_on_two_processes_generate_once(
             )
         assert put.status_code == 200
 
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(echo=True, tokens_per_second=40)
-    try:
+    with model_config(fake_llm, echo=True, tokens_per_second=40):
         async with two_servers(tmp_path, tmp_data_dir, database_url, fake_llm) as (a, b):
             # B joins A's generation; A's reader leaves and B still gets the whole chapter
             await new_profile(f"{user} writes Go services")
@@ -196,5 +183,3 @@ async def test_identical_chapters_on_two_processes_generate_once(
             assert fifth[-1]["type"] == "done" and fifth[-1]["finish_reason"] == "cancelled"
             await fake_llm.wait_for(lambda: fake_llm.open_streams == 0, timeout=3)
             assert fake_llm.streams_disconnected > disconnected
-    finally:
-        fake_llm.config = saved

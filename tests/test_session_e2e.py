@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import itertools
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import websockets
 
-from server.fake_llm import FakeLLM, FakeLLMConfig
+from server.fake_llm import FakeLLM
 from server.services import Services
 from tests.chat_client import ChatClient, connect, deltas
-from tests.conftest import LiveServer, token_for
+from tests.conftest import LiveServer, model_config, server_with, token_for
 
 CHAPTER = "ros2-basics/ros2-services-actions-qos"
 
@@ -27,33 +25,12 @@ CHAPTER = "ros2-basics/ros2-services-actions-qos"
 @pytest.fixture
 def paced_llm(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
     """Long answers at 100 tokens/s, echoing chapters; restored afterwards."""
-    saved = fake_llm.config
-    fake_llm.config = FakeLLMConfig(tokens_per_answer=150, tokens_per_second=100)
-    yield fake_llm
-    fake_llm.config = saved
-
-
-@asynccontextmanager
-async def server_with(services: Services, **settings: Any) -> AsyncIterator[LiveServer]:
-    """A server on the shared components with some settings changed (and its own session state)."""
-    changed = dataclasses.replace(
-        services, settings=dataclasses.replace(services.settings, **settings)
-    )
-    async with LiveServer(changed) as server:
-        yield server
+    with model_config(fake_llm, tokens_per_answer=150, tokens_per_second=100):
+        yield fake_llm
 
 
 def _seqs(frames: list[dict[str, Any]]) -> list[int]:
     return [f["seq"] for f in frames]
-
-
-async def _read_until_closed(chat: ChatClient) -> tuple[list[dict[str, Any]], int | None]:
-    frames = []
-    try:
-        while True:
-            frames.append(await chat.recv(timeout=10))
-    except websockets.ConnectionClosed as closed:
-        return frames, closed.rcvd.code if closed.rcvd else None
 
 
 async def _until(chat: ChatClient, sid: str, predicate: Any) -> list[dict[str, Any]]:
@@ -154,7 +131,7 @@ async def test_refresh_keeps_the_socket_and_expiry_closes_4401(
 
         async with connect(server.ws_url, token_for("tim", ttl=1)) as chat:
             await chat.send(type="ask", id="e1", question="What is the capture point?")
-            frames, code = await _read_until_closed(chat)
+            frames, code = await chat.until_closed()
             assert code == 4401
         expired = [f for f in frames if f["type"] == "error" and "id" not in f]
         assert expired and expired[0]["code"] == "token_expired"
@@ -252,10 +229,8 @@ async def test_peers_that_do_not_answer_pings_are_closed(services: Services) -> 
 async def test_a_client_that_stops_reading_is_merged_then_closed_1013(
     services: Services, fake_llm: FakeLLM
 ) -> None:
-    saved = fake_llm.config
     # 3,000 tokens of 4 KB each: 12 MB, more than any socket buffer in between can hold
-    fake_llm.config = FakeLLMConfig(reply=("w" * 4000 + " ") * 3000)
-    try:
+    with model_config(fake_llm, reply=("w" * 4000 + " ") * 3000):
         async with server_with(services, slow_client_s=1) as server:
             token = token_for("sloth")
             sock = socket.socket()
@@ -273,7 +248,7 @@ async def test_a_client_that_stops_reading_is_merged_then_closed_1013(
                     if not conns:
                         break
                     peak = max(peak, conns[0]._buffered_chars())
-                received, code = await _read_until_closed(chat)
+                received, code = await chat.until_closed()
             assert code == 1013
             assert peak <= 1_000_000 + 65_536, "memory per connection stays bounded"
             mine = [f for f in received if f.get("id") == "s1"]
@@ -285,5 +260,3 @@ async def test_a_client_that_stops_reading_is_merged_then_closed_1013(
                 await chat.send(type="resume", id="s1", after_seq=mine[-1]["seq"] if mine else 1)
                 rest = await chat.stream("s1", timeout=60)
             assert rest[-1]["type"] == "done"
-    finally:
-        fake_llm.config = saved
