@@ -45,9 +45,9 @@ from bench.harness import (
 )
 from bench.measure import LagProbe, fmt, machine_line, pct, ratio, table
 from bench.wsclient import open_socket, read_stream, send_ask, tokens
-from server.fake_llm import FakeLLM, FakeLLMConfig, StreamRecord
-from server.loadtest import run_load
-from server.loadtest_config import LoadConfig
+from server.tools.fake_llm import FakeLLM, FakeLLMConfig, StreamRecord
+from server.tools.loadtest.config import LoadConfig
+from server.tools.loadtest.engine import run_load
 
 KINDS = ("cancel", "close", "drop")
 TRIAL_ANSWER = "[[fake:tokens=400,tps=20]]"  # 20 s: always still streaming when stopped

@@ -5,7 +5,7 @@ Run: .venv/bin/python -m bench.capacity [--levels 50,100,150,200,300,400,600,800
          [--targets full,sdk,raw] [--step 6] [--gap-limit 100] [--tokens 100] [--tps 20] [--no-pin]
      .venv/bin/python -m bench.capacity --targets full,full:2 --no-pin   # serve --workers 2
 
-Load comes from `server.loadtest.run_load` (ask 80% / selection 20%, each socket asking again as
+Load comes from `server.tools.loadtest.engine.run_load` (ask 80% / selection 20%, each socket asking again as
 soon as its stream ends). The stream count steps up without a pause: each level adds sockets in a
 new run_load, every run ends together, so a target never drains between levels. Gaps are taken
 only from each level's steady window (from `settle` s after the step began to its end). A target
@@ -39,9 +39,9 @@ from bench.harness import (
     split_cores,
 )
 from bench.measure import CpuUse, LagProbe, fmt, machine_line, pct, ratio, table
-from server.loadtest import Snapshot, run_load
-from server.loadtest_config import LoadConfig
-from server.loadtest_report import LoadReport, histogram_percentile
+from server.tools.loadtest.config import LoadConfig
+from server.tools.loadtest.engine import Snapshot, run_load
+from server.tools.loadtest.report import LoadReport, histogram_percentile
 
 DEFAULT_LEVELS = (50, 100, 150, 200, 300, 400, 600, 800, 1000)
 OVERLOAD_DELIVERY = 0.75  # below this share of the expected deltas/s the target is past capacity

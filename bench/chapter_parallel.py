@@ -15,12 +15,12 @@ import time
 import openai
 
 from protocol.profile import Profile
-from server.chapters import SECTION_CONCURRENCY, generate_sections
-from server.fake_llm import FakeLLM, FakeLLMConfig
-from server.llm import Generation, OpenAIChatModel
-from server.markdown import load_book
-from server.rewrite import personalize_prompt, split_chapter
+from server.chapters.rewrite import personalize_prompt, split_chapter
+from server.chapters.run import SECTION_CONCURRENCY, generate_sections
+from server.chat.llm import Generation, OpenAIChatModel
+from server.ingest.markdown.document import load_book
 from server.settings import SAMPLE_BOOK_DIR
+from server.tools.fake_llm import FakeLLM, FakeLLMConfig
 
 PROFILE = Profile(software_background="web developer", hardware_background="none", level="beginner")
 

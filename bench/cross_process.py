@@ -45,7 +45,7 @@ from bench.harness import (
 )
 from bench.measure import fmt, machine_line, pct, ratio, table
 from bench.wsclient import open_socket, tokens
-from server.fake_llm import FakeLLMConfig
+from server.tools.fake_llm import FakeLLMConfig
 
 ANSWER = "[[fake:tokens=40,tps=20]]"  # 2 s
 DELTAS_BEFORE = 3

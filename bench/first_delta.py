@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.harness import chat_server, fake_model, pin_self, raise_fd_limit, relay, run, split_cores
 from bench.measure import CpuUse, fmt, machine_line, pct, ratio, table
 from bench.wsclient import StreamResult, ask, open_socket, tokens
-from server.loadtest_config import QUESTIONS
+from server.tools.loadtest.config import QUESTIONS
 
 SINGLE_STREAM_TOKENS = 4  # at one stream the load does not depend on answer length
 

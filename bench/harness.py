@@ -186,7 +186,7 @@ async def fake_model(
     argv = [
         sys.executable,
         "-m",
-        "server.fake_llm",
+        "server.tools.fake_llm",
         "serve",
         "--port",
         str(port),

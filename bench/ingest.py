@@ -4,7 +4,7 @@ concurrency, with the local embedder (MiniLM in numpy), on one CPU like a pinned
 Run: .venv/bin/python -m bench.ingest [--books book-a,book-b] [--docs 4] [--concurrency 1,8,32,128]
          [--seconds 6] [--baseline-points 128] [--no-pin]
 
-Ingest: `server.ingest.ingest_book` into a scratch database and an EdgeVectorStore in a temporary
+Ingest: `server.ingest.book.ingest_book` into a scratch database and an EdgeVectorStore in a temporary
 directory, of the first `docs` doc files of each book (0 = the whole book; a whole book takes
 about four minutes on one CPU, almost all of it embedding); the baseline is `embed_documents` alone on the first `baseline-points` texts of the same
 book, so the ratio says what ingest costs beyond embedding. A second ingest of the unchanged book
@@ -29,13 +29,13 @@ from pathlib import Path
 
 from bench.harness import pin_self, run, scratch_database
 from bench.measure import LagProbe, fmt, machine_line, pct, table
-from server.embeddings import LocalEmbedder
-from server.indexing import index_units
-from server.ingest import IngestReport, ingest_book
-from server.loadtest_config import QUESTIONS
-from server.markdown import chunk_chapter, load_book
+from server.ingest.book import IngestReport, ingest_book
+from server.ingest.indexing import index_units
+from server.ingest.markdown.document import chunk_chapter, load_book
+from server.retrieval.embeddings import LocalEmbedder
+from server.retrieval.vectorstore import Bm25Encoder, EdgeVectorStore
 from server.store import Store
-from server.vectorstore import Bm25Encoder, EdgeVectorStore
+from server.tools.loadtest.config import QUESTIONS
 
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 

@@ -57,7 +57,7 @@ from bench.harness import (
     wait_http_ok,
 )
 from server.auth import mint_token
-from server.loadtest_config import QUESTIONS
+from server.tools.loadtest.config import QUESTIONS
 
 TASKS_PATH = "/soak/tasks"
 _GAUGE = re.compile(r"^(chat_connections_open|chat_streams_live|process_open_fds) (\S+)$", re.M)
@@ -84,10 +84,10 @@ class TaskProbe:
 
 async def serve_probed(port: int) -> None:
     """What `textbook-chat serve` does, with the task probe in front of the app."""
-    from server.app import create_app
-    from server.serve import make_server
     from server.services import Services
     from server.settings import Settings
+    from server.web.app import create_app
+    from server.web.serve import make_server
 
     settings = Settings.from_env()
     logging.basicConfig(

@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["loadtest"]:
         # Its options start with "--", which a REMAINDER positional of a subparser refuses.
-        from server.loadtest_cli import main as loadtest_main
+        from server.tools.loadtest.cli import main as loadtest_main
 
         return loadtest_main(argv[1:])
     parser = argparse.ArgumentParser(prog="textbook-chat", description=__doc__)
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "fake-llm":
-        from server.fake_llm import main as fake_main
+        from server.tools.fake_llm import main as fake_main
 
         fake_main(args.rest or ["serve"])
         return 0
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.workers < 1:
                 raise ConfigError("--workers: must be at least 1")
             if args.workers > 1:
-                from server.workers import serve_workers
+                from server.web.workers import serve_workers
 
                 loopback = is_loopback_host(args.host)
                 return serve_workers(
@@ -126,9 +126,9 @@ def run_coroutine(coro: Coroutine[Any, Any, int]) -> int:
 
 
 async def _serve(settings: Settings, host: str, port: int) -> int:
-    from server.app import create_app
-    from server.serve import make_server
     from server.services import Services
+    from server.web.app import create_app
+    from server.web.serve import make_server
 
     services = await Services.start(settings, loopback=is_loopback_host(host))
     if not settings.auth_configured:
@@ -145,9 +145,9 @@ async def _serve(settings: Settings, host: str, port: int) -> int:
 
 
 async def _ingest(settings: Settings, path: Path, base_url: str, recreate: bool) -> int:
-    from server.ingest import ingest_book
+    from server.ingest.book import ingest_book
+    from server.retrieval.vectorstore import Bm25Encoder
     from server.services import connect_store, embedder_for, open_vector_store, openai_client
-    from server.vectorstore import Bm25Encoder
 
     if not await asyncio.to_thread(path.is_dir):
         raise ConfigError(f"PATH: {path} is not a directory")
@@ -189,8 +189,8 @@ async def _ingest(settings: Settings, path: Path, base_url: str, recreate: bool)
 async def _evaluate(
     settings: Settings, eval_set: Path, corpora: Path, k: int, show_misses: bool
 ) -> int:
-    from server.embeddings import LocalEmbedder
-    from server.evaluation import CachedEmbedder, evaluate, load_items, misses, report
+    from server.retrieval.embeddings import LocalEmbedder
+    from server.tools.evaluation import CachedEmbedder, evaluate, load_items, misses, report
 
     items = await asyncio.to_thread(load_items, eval_set)
     embedder = CachedEmbedder(LocalEmbedder(), settings.data_dir / "eval-embeddings.npz")

@@ -17,21 +17,26 @@ import psutil
 from qdrant_client import AsyncQdrantClient
 
 from server.auth import TokenVerifier, signing_secret
-from server.bus import CHAPTER
-from server.chapter_jobs import ChapterHub, JobShare
-from server.cluster import Cluster
-from server.embeddings import Embedder, make_embedder
+from server.chapters.jobs import ChapterHub, JobShare
+from server.chat.llm import ChatModel, ExtractiveModel, OpenAIChatModel
+from server.chat.registry import StreamRegistry
+from server.cluster.bus import CHAPTER
+from server.cluster.journal import FrameJournal
+from server.cluster.limits import RateLimiter
+from server.cluster.presence import Cluster
 from server.errors import ChatError, ConfigError
-from server.ingest import ingest_book
-from server.journal import FrameJournal
-from server.limits import RateLimiter
-from server.llm import ChatModel, ExtractiveModel, OpenAIChatModel
-from server.pg import EmbeddedPostgres
-from server.registry import StreamRegistry
-from server.retrieval import Retriever
+from server.ingest.book import ingest_book
+from server.retrieval.embeddings import Embedder, make_embedder
+from server.retrieval.retriever import Retriever
+from server.retrieval.vectorstore import (
+    Bm25Encoder,
+    EdgeVectorStore,
+    QdrantServerStore,
+    VectorStore,
+)
 from server.settings import Settings
 from server.store import Store
-from server.vectorstore import Bm25Encoder, EdgeVectorStore, QdrantServerStore, VectorStore
+from server.store.embedded import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ import asyncpg
 import pytest
 import uvicorn
 
-from server.app import create_app
 from server.auth import mint_token
-from server.fake_llm import FakeLLM, FakeLLMConfig
-from server.serve import make_server
 from server.services import Services
 from server.settings import Settings
+from server.tools.fake_llm import FakeLLM, FakeLLMConfig
+from server.web.app import create_app
+from server.web.serve import make_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
@@ -57,7 +57,7 @@ async def admin_dsn(tmp_data_dir: Path) -> AsyncIterator[str]:
     if await _reachable(dsn):
         yield dsn
         return
-    from server.pg import EmbeddedPostgres
+    from server.store.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres(tmp_data_dir)
     yield await asyncio.to_thread(pg.start)

@@ -30,15 +30,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from server.app import create_app
 from server.auth import TokenVerifier
-from server.fake_llm import FakeLLM
-from server.ingest import ingest_book
-from server.retrieval import Retriever
-from server.serve import make_server
+from server.ingest.book import ingest_book
+from server.retrieval.retriever import Retriever
+from server.retrieval.vectorstore import EdgeVectorStore
 from server.services import ChapterCatalog, Services
 from server.store import Store
-from server.vectorstore import EdgeVectorStore
+from server.tools.fake_llm import FakeLLM
+from server.web.app import create_app
+from server.web.serve import make_server
 from tests.chat_client import ChatClient, connect
 from tests.conftest import (
     JWT_SECRET,

@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 from bench.relays import KINDS, RelayKind, create_relay_app
-from server.fake_llm import FakeLLM, expected_reply
+from server.tools.fake_llm import FakeLLM, expected_reply
 from tests.chat_client import connect, deltas
 from tests.conftest import AppServer
 

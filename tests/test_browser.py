@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from server.app import create_app
 from server.auth import TokenVerifier, signing_secret
-from server.fake_llm import FakeLLM, expected_reply
 from server.services import Services
+from server.tools.fake_llm import FakeLLM, expected_reply
+from server.web.app import create_app
 from tests.conftest import ROOT, AppServer, LiveServer, model_config, token_for
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -13,9 +13,9 @@ import asyncpg
 import httpx
 import pytest
 
-from server.fake_llm import FakeLLM
-from server.rewrite import split_chapter
+from server.chapters.rewrite import split_chapter
 from server.services import Services
+from server.tools.fake_llm import FakeLLM
 from tests.chat_client import connect, deltas
 from tests.conftest import LiveServer, model_config, token_for
 

@@ -12,12 +12,12 @@ import pytest
 import websockets
 from qdrant_client import AsyncQdrantClient
 
-from server.fake_llm import FakeLLM
-from server.llm import EXTRACTIVE_NOTICE, ExtractiveModel
-from server.retrieval import Retriever
+from server.chat.llm import EXTRACTIVE_NOTICE, ExtractiveModel
+from server.retrieval.retriever import Retriever
+from server.retrieval.vectorstore import QdrantServerStore
 from server.services import Services
 from server.store import Store
-from server.vectorstore import QdrantServerStore
+from server.tools.fake_llm import FakeLLM
 from tests.chat_client import connect, deltas
 from tests.conftest import LiveServer, free_port, model_config, token_for
 

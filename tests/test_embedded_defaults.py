@@ -15,8 +15,8 @@ import httpx
 import psutil
 import pytest
 
-from server.llm import EXTRACTIVE_NOTICE
-from server.pg import pgdata_dir
+from server.chat.llm import EXTRACTIVE_NOTICE
+from server.store.embedded import pgdata_dir
 from tests.chat_client import connect, deltas
 from tests.conftest import free_port
 from tests.processes import serve_process

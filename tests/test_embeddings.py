@@ -20,14 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from server.embeddings import (
+from server.errors import ConfigError, RetrievalUnavailable, UpstreamUnavailable
+from server.retrieval.embeddings import (
     LOCAL_MODEL_NAME,
     LocalEmbedder,
     MiniLMEncoder,
     OpenAIEmbedder,
     make_embedder,
 )
-from server.errors import ConfigError, RetrievalUnavailable, UpstreamUnavailable
 
 # First components of sentence-transformers' own embedding of this sentence (torch reference).
 REFERENCE_SENTENCE = "The mitochondria is the powerhouse of the cell."

@@ -15,7 +15,13 @@ import pytest
 from openai import AsyncOpenAI
 
 from server.errors import ConfigError
-from server.fake_llm import FakeLLM, FakeLLMConfig, embed_text, expected_reply, measure_capacity
+from server.tools.fake_llm import (
+    FakeLLM,
+    FakeLLMConfig,
+    embed_text,
+    expected_reply,
+    measure_capacity,
+)
 
 QUESTION = "photosynthesis converts light energy into chemical energy"
 
@@ -303,7 +309,7 @@ async def test_cli_serve_answers_over_http() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "server.fake_llm",
+        "server.tools.fake_llm",
         "serve",
         "--port",
         "0",

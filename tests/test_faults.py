@@ -23,12 +23,12 @@ import pytest
 import pytest_asyncio
 import websockets
 
-from server.fake_llm import FakeLLM
-from server.llm import OpenAIChatModel
-from server.pg import EmbeddedPostgres
-from server.retrieval import Retriever
+from server.chat.llm import OpenAIChatModel
+from server.retrieval.retriever import Retriever
+from server.retrieval.vectorstore import EdgeVectorStore
 from server.services import Services, openai_client
-from server.vectorstore import EdgeVectorStore
+from server.store.embedded import EmbeddedPostgres
+from server.tools.fake_llm import FakeLLM
 from tests.chat_client import ChatClient, connect, deltas
 from tests.conftest import LiveServer, model_config, token_for
 from tests.processes import serve_copy, wait_ready

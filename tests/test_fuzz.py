@@ -33,8 +33,8 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
 from protocol import codec
-from server.fake_llm import FakeLLM
 from server.services import Services
+from server.tools.fake_llm import FakeLLM
 from tests.chat_client import connect
 from tests.conftest import LiveServer, server_with, token_for
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import openai
 import pytest
 
-from server.embeddings import OpenAIEmbedder
-from server.fake_llm import FakeLLM
-from server.ingest import ingest_book
+from server.ingest.book import ingest_book
+from server.retrieval.embeddings import OpenAIEmbedder
+from server.retrieval.vectorstore import Bm25Encoder, EdgeVectorStore
 from server.settings import SAMPLE_BOOK_DIR
 from server.store import Store
-from server.vectorstore import Bm25Encoder, EdgeVectorStore
+from server.tools.fake_llm import FakeLLM
 from tests.conftest import CORPORA, fresh_database
 
 

@@ -8,7 +8,7 @@ import json
 
 import asyncpg
 
-from server.journal import FrameJournal
+from server.cluster.journal import FrameJournal
 from server.services import Services
 
 

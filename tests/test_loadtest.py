@@ -16,10 +16,10 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 
 from server.errors import ConfigError
-from server.fake_llm import FakeLLM
-from server.loadtest import Snapshot, StreamTracker, WireFrame, WireUsage, run_load
-from server.loadtest_config import LoadConfig, parse_mix, parse_users, tokens_for
-from server.loadtest_report import (
+from server.tools.fake_llm import FakeLLM
+from server.tools.loadtest.config import LoadConfig, parse_mix, parse_users, tokens_for
+from server.tools.loadtest.engine import Snapshot, StreamTracker, WireFrame, WireUsage, run_load
+from server.tools.loadtest.report import (
     LoadReport,
     Recorder,
     build_report,

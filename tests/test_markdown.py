@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.markdown import (
+from server.ingest.markdown.document import (
     BookError,
     Chapter,
     Chunk,
@@ -19,7 +19,7 @@ from server.markdown import (
     sha256,
     split_sections_for_rewrite,
 )
-from server.markdown_syntax import FENCE_CLOSE, FENCE_OPEN, github_slug, parse_blocks
+from server.ingest.markdown.syntax import FENCE_CLOSE, FENCE_OPEN, github_slug, parse_blocks
 
 CORPORA = Path(__file__).parents[1].parent / "shared" / "corpora"
 

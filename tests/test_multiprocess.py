@@ -15,8 +15,8 @@ import httpx
 import pytest
 import websockets
 
-from server.fake_llm import FakeLLM
-from server.rewrite import split_chapter
+from server.chapters.rewrite import split_chapter
+from server.tools.fake_llm import FakeLLM
 from tests.chat_client import ChatClient, connect, deltas
 from tests.conftest import model_config, token_for
 from tests.processes import serve_copy

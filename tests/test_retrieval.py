@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.retrieval import CHAPTER_WEIGHT, NEIGHBOUR_WEIGHT, rank_passages
-from server.vectorstore import Hit
+from server.retrieval.retriever import CHAPTER_WEIGHT, NEIGHBOUR_WEIGHT, rank_passages
+from server.retrieval.vectorstore import Hit
 
 
 def hit(point: str, chunk: str, chapter: str, position: int, score: float) -> Hit:

@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from protocol.profile import Profile
-from server.markdown import load_book
-from server.rewrite import (
+from server.chapters.rewrite import (
     direction,
     first_placeholders,
     personalize_prompt,
@@ -18,6 +17,7 @@ from server.rewrite import (
     split_chapter,
     translate_prompt,
 )
+from server.ingest.markdown.document import load_book
 from server.settings import SAMPLE_BOOK_DIR
 
 DOC = """## Run it

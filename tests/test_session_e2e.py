@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import websockets
 
-from server.fake_llm import FakeLLM
 from server.services import Services
+from server.tools.fake_llm import FakeLLM
 from tests.chat_client import ChatClient, connect, deltas
 from tests.conftest import LiveServer, model_config, server_with, token_for
 

@@ -13,7 +13,7 @@ import pytest
 from qdrant_client import AsyncQdrantClient
 
 from server.errors import EmbeddingMismatch, RetrievalUnavailable
-from server.vectorstore import (
+from server.retrieval.vectorstore import (
     EDGE_INFO_FILE,
     KEYWORD_WEIGHT,
     Bm25Encoder,

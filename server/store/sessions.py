@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.bus import FRAMES, batches
+from server.cluster.bus import FRAMES, batches
 from server.store.base import StoreBase
 
 

@@ -1,0 +1,126 @@
+"""The one writer of a socket: control frames first, then the streams' frames in turn."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from protocol.codes import CloseCode
+from server.chat.stream import Stream
+
+CONTROL_FRAMES = 64  # queued pongs and errors before the peer counts as flooding
+_DELTA = '{"type":"delta"'
+
+
+class Source(Protocol):
+    """A stream whose frames go to this socket (live, or replayed from the journal)."""
+
+    @property
+    def consumer(self) -> object: ...
+
+    def take(self) -> str | None: ...
+
+    def has_output(self) -> bool: ...
+
+
+class Outbox:
+    """Sends what the connection queues: nothing else writes to the socket."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        reader: object,
+        *,
+        send_timeout_s: float,
+        too_slow: Callable[[str], None],
+    ) -> None:
+        self._ws = ws
+        self._reader = reader  # a stream taken over by another connection is skipped
+        self._send_timeout_s = send_timeout_s
+        self._too_slow = too_slow
+        # no deque or Event here: each costs ~700 bytes on every idle socket
+        self._control: list[str] = []  # a few frames at most
+        self._ready: dict[int, Source] = {}
+        self._waiting: asyncio.Future[None] | None = None
+        self.close_request: tuple[int, str] | None = None
+
+    def control(self, data: str) -> bool:
+        """Queue a control frame ahead of the streams; False when the queue is full."""
+        if len(self._control) >= CONTROL_FRAMES:
+            return False
+        self._control.append(data)
+        self._wake()
+        return True
+
+    def ready(self, source: Source) -> None:
+        """`source` has frames to send."""
+        self._ready[id(source)] = source
+        self._wake()
+
+    def drop_streams(self) -> None:
+        """Forget the streams waiting to send: the connection gave them up."""
+        self._ready.clear()
+
+    def drop_control(self) -> None:
+        """Forget the control frames not sent yet."""
+        self._control.clear()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close after the control frames already queued."""
+        if self.close_request is None:
+            self.close_request = (code, reason[:120])
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)
+
+    def _next(self) -> tuple[str, Source | None] | None:
+        if self._control:
+            return self._control.pop(0), None
+        if self.close_request is not None:
+            return None
+        while self._ready:
+            key, source = next(iter(self._ready.items()))
+            del self._ready[key]
+            if source.consumer is not self._reader:
+                continue
+            data = source.take()
+            if source.has_output():
+                self._ready[key] = source  # round robin between streams
+            if data is not None:
+                return data, source
+        return None
+
+    async def run(self) -> None:
+        """Send until closed; a send the peer does not take within the timeout is too slow."""
+        ws = self._ws
+        try:
+            while True:
+                item = self._next()
+                if item is None:
+                    if self.close_request is not None:
+                        code, reason = self.close_request
+                        await asyncio.wait_for(ws.close(code=code, reason=reason), timeout=2.0)
+                        return
+                    self._waiting = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._waiting
+                    finally:
+                        self._waiting = None
+                    continue
+                data, source = item
+                if isinstance(source, Stream) and data.startswith(_DELTA):
+                    source.sent_delta(time.perf_counter())  # handed to the transport now
+                try:
+                    await asyncio.wait_for(
+                        ws.send({"type": "websocket.send", "text": data}), self._send_timeout_s
+                    )
+                except TimeoutError:
+                    self._too_slow("the client stopped reading")
+        except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
+            self.close_request = self.close_request or (CloseCode.NORMAL, "")

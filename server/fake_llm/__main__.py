@@ -1,5 +1,0 @@
-"""`python -m server.fake_llm serve|probe`."""
-
-from server.fake_llm.cli import main
-
-main()

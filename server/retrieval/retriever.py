@@ -1,0 +1,129 @@
+"""Hybrid retrieval: dense + BM25 search, then passages ranked with their chapter and neighbours."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from server.metrics import EMBEDDING, RETRIEVAL
+from server.retrieval.embeddings import Embedder
+from server.retrieval.vectorstore import Bm25Encoder, Hit, VectorStore
+
+INLINE_BM25_CHARS = 2000  # longer queries (selections) are encoded in a thread
+# Index points fetched per passage returned: a chunk's windows and the chunk itself fold together.
+CANDIDATES_PER_PASSAGE = 8
+# A passage in a chapter that matches in several places is likelier to be the answer than an
+# equally scored stray one: each passage gains this share of its chapter's relevance, the mean
+# of the chapter's CHAPTER_EVIDENCE best passages. Measured on eval/retrieval.jsonl; 0.25-0.5
+# score alike, and it mostly settles which file the top passage comes from.
+CHAPTER_WEIGHT = 0.25
+CHAPTER_EVIDENCE = 2
+# A question about a selection ("what does that mean?") is usually answered right around the
+# selected text, so with a selection a passage gains this share of its best neighbour's score.
+NEIGHBOUR_WEIGHT = 0.5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Passage:
+    """A retrieved chunk of the book."""
+
+    chunk_id: str
+    chapter_id: str
+    title: str
+    section: str | None
+    url: str | None
+    score: float
+    text: str
+
+
+class Retriever:
+    """Finds the passages of the book that best answer a question."""
+
+    def __init__(self, embedder: Embedder, vectors: VectorStore, bm25: Bm25Encoder) -> None:
+        self._embedder = embedder
+        self._vectors = vectors
+        self._bm25 = bm25
+
+    async def search(
+        self,
+        question: str,
+        *,
+        selection: str | None = None,
+        chapter_id: str | None = None,
+        limit: int = 6,
+        spans: dict[str, float] | None = None,
+    ) -> list[Passage]:
+        """Best passages first. The selection, when given, steers retrieval together with the question.
+
+        `spans`, when given, receives `embed_ms` and `search_ms`.
+        """
+        query = f"{selection}\n{question}" if selection else question
+        started = time.perf_counter()
+        dense = await self._embedder.embed_query(query)
+        embedded = time.perf_counter()
+        if len(query) > INLINE_BM25_CHARS:
+            indices, values = await asyncio.to_thread(self._bm25.encode_query, query)
+        else:  # a few microseconds: cheaper than a hop to a thread
+            indices, values = self._bm25.encode_query(query)
+        hits = await self._vectors.search(
+            dense=dense,
+            sparse_indices=indices,
+            sparse_values=values,
+            limit=limit * CANDIDATES_PER_PASSAGE,
+            chapter_id=chapter_id,
+        )
+        done = time.perf_counter()
+        if spans is not None:
+            spans["embed_ms"] = (embedded - started) * 1000.0
+            spans["search_ms"] = (done - embedded) * 1000.0
+        EMBEDDING.observe(embedded - started)
+        RETRIEVAL.observe(done - embedded)
+        return rank_passages(hits, limit, with_neighbours=bool(selection))
+
+
+def rank_passages(hits: Sequence[Hit], limit: int, *, with_neighbours: bool) -> list[Passage]:
+    """The chunks behind the hits (best first, scores >= 0), ranked with their chapter's relevance."""
+    best: dict[str, Hit] = {}
+    for hit in sorted(hits, key=lambda h: h.score, reverse=True):
+        best.setdefault(str(hit.payload.get("chunk_id", hit.id)), hit)
+    by_chapter: dict[str, list[float]] = defaultdict(list)
+    for hit in best.values():
+        by_chapter[_chapter(hit)].append(hit.score)
+    chapter_relevance = {
+        chapter: sum(sorted(scores, reverse=True)[:CHAPTER_EVIDENCE]) / CHAPTER_EVIDENCE
+        for chapter, scores in by_chapter.items()
+    }
+    at = {(_chapter(h), h.payload.get("position")): h.score for h in best.values()}
+    ranked: dict[str, float] = {}
+    for chunk_id, hit in best.items():
+        score = hit.score + CHAPTER_WEIGHT * chapter_relevance[_chapter(hit)]
+        position = hit.payload.get("position")
+        if with_neighbours and isinstance(position, int):
+            before = at.get((_chapter(hit), position - 1), 0.0)
+            after = at.get((_chapter(hit), position + 1), 0.0)
+            score += NEIGHBOUR_WEIGHT * max(before, after)
+        ranked[chunk_id] = score
+    order = sorted(ranked, key=lambda c: ranked[c], reverse=True)[:limit]
+    return [_passage(chunk_id, best[chunk_id], ranked[chunk_id]) for chunk_id in order]
+
+
+def _chapter(hit: Hit) -> str:
+    return str(hit.payload.get("chapter_id", ""))
+
+
+def _passage(chunk_id: str, hit: Hit, score: float) -> Passage:
+    p: dict[str, Any] = hit.payload
+    section = p.get("section_title") or None
+    return Passage(
+        chunk_id=chunk_id,
+        chapter_id=_chapter(hit),
+        title=str(p.get("title", "")),
+        section=str(section) if section and section != p.get("title") else None,
+        url=p.get("url"),
+        score=score,
+        text=str(p.get("text", "")),
+    )
