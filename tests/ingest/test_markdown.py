@@ -20,8 +20,7 @@ from server.ingest.markdown.document import (
     split_sections_for_rewrite,
 )
 from server.ingest.markdown.syntax import FENCE_CLOSE, FENCE_OPEN, github_slug, parse_blocks
-
-CORPORA = Path(__file__).parents[1].parent / "shared" / "corpora"
+from tests.conftest import CORPORA
 
 SAMPLE = """\
 ---

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import CORPORA, ROOT
+
 EVAL_FILE = ROOT / "eval" / "retrieval.jsonl"
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 
 BOOKS = ("book-a", "book-b")
 KINDS = ("keyword", "paraphrase", "selection")
