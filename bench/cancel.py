@@ -41,10 +41,11 @@ from bench.harness import (
     server_home,
     spawn,
     split_cores,
+    tokens,
     wait_http_ok,
 )
 from bench.measure import LagProbe, fmt, machine_line, pct, ratio, table
-from bench.wsclient import open_socket, read_stream, send_ask, tokens
+from server.tools.client import open_socket, read_stream, send_ask
 from server.tools.fake_llm import FakeLLM, FakeLLMConfig, StreamRecord
 from server.tools.loadtest.config import LoadConfig
 from server.tools.loadtest.engine import run_load

@@ -41,10 +41,11 @@ from bench.harness import (
     server_home,
     spawn,
     split_cores,
+    tokens,
     wait_http_ok,
 )
 from bench.measure import fmt, machine_line, pct, ratio, table
-from bench.wsclient import open_socket, tokens
+from server.tools.client import open_socket
 from server.tools.fake_llm import FakeLLMConfig
 
 ANSWER = "[[fake:tokens=40,tps=20]]"  # 2 s

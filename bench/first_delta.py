@@ -20,9 +20,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.harness import chat_server, fake_model, pin_self, raise_fd_limit, relay, run, split_cores
+from bench.harness import (
+    chat_server,
+    fake_model,
+    pin_self,
+    raise_fd_limit,
+    relay,
+    run,
+    split_cores,
+    tokens,
+)
 from bench.measure import CpuUse, fmt, machine_line, pct, ratio, table
-from bench.wsclient import StreamResult, ask, open_socket, tokens
+from server.tools.client import StreamResult, open_socket
+from server.tools.client import timed_ask as ask
 from server.tools.loadtest.config import QUESTIONS
 
 SINGLE_STREAM_TOKENS = 4  # at one stream the load does not depend on answer length

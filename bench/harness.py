@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 
+from server.auth import mint_token
+
 ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 JWT_SECRET = "bench-secret-" + "x" * 40
 READY_TIMEOUT_S = 240.0  # the first start of a server ingests the sample book
@@ -305,3 +307,8 @@ async def relay(
         yield Target(f"{kind} relay", port, child.pid)
     finally:
         await child.stop()
+
+
+def tokens(users: int, prefix: str = "bench-") -> list[str]:
+    """One HS256 token per user, valid for an hour."""
+    return [mint_token(JWT_SECRET, f"{prefix}{i}", 3600) for i in range(users)]

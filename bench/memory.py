@@ -34,17 +34,11 @@ from bench.harness import (
     run,
     server_home,
     split_cores,
-)
-from bench.measure import fmt, machine_line, ratio, rss_mb, table
-from bench.wsclient import (
-    StreamResult,
-    ask,
-    close_sockets,
-    open_sockets,
-    read_stream,
-    send_ask,
     tokens,
 )
+from bench.measure import fmt, machine_line, ratio, rss_mb, table
+from server.tools.client import StreamResult, close_sockets, open_sockets, read_stream, send_ask
+from server.tools.client import timed_ask as ask
 
 SETTLE_S = 2.0
 LONG_ANSWER = "[[fake:tokens=4000,tps=20]]"  # 200 s: still generating when measured

@@ -6,7 +6,8 @@ from typing import Any
 
 import msgspec
 
-from protocol.frames import STREAM_ID_MAX, ClientFrame, ServerFrame
+from protocol.frames import ClientFrame, ServerFrame
+from protocol.limits import STREAM_ID_MAX
 
 
 class DecodeError(ValueError):

@@ -7,15 +7,15 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from protocol.codes import ErrorCode
+from protocol.codes import ERRORS, ErrorCode
+from protocol.limits import MAX_FRAME_BYTES, MAX_QUESTION_CHARS, MAX_SELECTION_CHARS, STREAM_ID_MAX
 
 PROTOCOL_VERSION = 1
 
-STREAM_ID_MAX = 64
 StreamId = Annotated[str, Meta(min_length=1, max_length=STREAM_ID_MAX)]
 Token = Annotated[str, Meta(min_length=1, max_length=16_384)]
-Question = Annotated[str, Meta(min_length=1, max_length=4000)]
-SelectionText = Annotated[str, Meta(min_length=1, max_length=8000)]
+Question = Annotated[str, Meta(min_length=1, max_length=MAX_QUESTION_CHARS)]
+SelectionText = Annotated[str, Meta(min_length=1, max_length=MAX_SELECTION_CHARS)]
 ShortText = Annotated[str, Meta(max_length=2048)]
 ChapterRef = Annotated[str, Meta(min_length=1, max_length=256)]
 LanguageCode = Annotated[str, Meta(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=35)]
@@ -105,9 +105,9 @@ class Limits(msgspec.Struct, frozen=True):
     """Limits the server enforces on this connection."""
 
     max_streams: int
-    max_question_chars: int = 4000
-    max_selection_chars: int = 8000
-    max_frame_bytes: int = 131_072
+    max_question_chars: int = MAX_QUESTION_CHARS
+    max_selection_chars: int = MAX_SELECTION_CHARS
+    max_frame_bytes: int = MAX_FRAME_BYTES
 
 
 class Ready(_Frame, frozen=True, tag="ready", omit_defaults=False):
@@ -207,3 +207,21 @@ class Pong(_Frame, frozen=True, tag="pong"):
 
 ServerFrame = Ready | Start | Sources | Delta | Done | Error | Pong
 StreamFrame = Start | Sources | Delta | Done | Error
+TERMINAL_TYPES = frozenset({"done", "error"})  # exactly one of these ends every stream
+
+
+def error_frame(
+    code: ErrorCode,
+    message: str,
+    *,
+    retryable: bool | None = None,
+    id: str | None = None,
+    seq: int | None = None,
+    retry_after: float | None = None,
+) -> Error:
+    """The one way an `error` frame is made: `retryable` defaults to what the code means."""
+    if retryable is None:
+        retryable = ERRORS[code].retryable
+    return Error(
+        code=code, message=message, retryable=retryable, id=id, seq=seq, retry_after=retry_after
+    )

@@ -36,10 +36,10 @@ from server.retrieval.retriever import Retriever
 from server.retrieval.vectorstore import EdgeVectorStore
 from server.services import ChapterCatalog, Services
 from server.store import Store
+from server.tools.client import ChatClient, connect
 from server.tools.fake_llm import FakeLLM
 from server.web.app import create_app
 from server.web.serve import make_server
-from tests.chat_client import ChatClient, connect
 from tests.conftest import (
     JWT_SECRET,
     AppServer,

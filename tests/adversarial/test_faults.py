@@ -28,8 +28,8 @@ from server.retrieval.retriever import Retriever
 from server.retrieval.vectorstore import EdgeVectorStore
 from server.services import Services, openai_client
 from server.store.embedded import EmbeddedPostgres
+from server.tools.client import ChatClient, connect, deltas
 from server.tools.fake_llm import FakeLLM
-from tests.chat_client import ChatClient, connect, deltas
 from tests.conftest import LiveServer, model_config, token_for
 from tests.processes import serve_copy, wait_ready
 

@@ -34,8 +34,8 @@ from websockets.sync.client import connect as sync_connect
 
 from protocol import codec
 from server.services import Services
+from server.tools.client import connect
 from server.tools.fake_llm import FakeLLM
-from tests.chat_client import connect
 from tests.conftest import LiveServer, server_with, token_for
 
 FRAME_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))

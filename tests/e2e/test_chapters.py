@@ -15,8 +15,8 @@ import pytest
 
 from server.chapters.rewrite import split_chapter
 from server.services import Services
+from server.tools.client import connect, deltas
 from server.tools.fake_llm import FakeLLM
-from tests.chat_client import connect, deltas
 from tests.conftest import LiveServer, model_config, token_for
 
 CHAPTER = "ros2-basics/ros2-services-actions-qos"

@@ -17,8 +17,8 @@ from server.retrieval.retriever import Retriever
 from server.retrieval.vectorstore import QdrantServerStore
 from server.services import Services
 from server.store import Store
+from server.tools.client import connect, deltas
 from server.tools.fake_llm import FakeLLM
-from tests.chat_client import connect, deltas
 from tests.conftest import LiveServer, free_port, model_config, token_for
 
 

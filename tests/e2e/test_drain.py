@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import websockets
 
+from server.tools.client import connect, deltas
 from server.tools.fake_llm import FakeLLM
-from tests.chat_client import connect, deltas
 from tests.conftest import LiveServer, model_config, token_for
 from tests.processes import serve_copy
 

@@ -17,7 +17,7 @@ import pytest
 
 from server.chat.llm import EXTRACTIVE_NOTICE
 from server.store.embedded import pgdata_dir
-from tests.chat_client import connect, deltas
+from server.tools.client import connect, deltas
 from tests.conftest import free_port
 from tests.processes import serve_process
 

@@ -16,8 +16,8 @@ import pytest
 import websockets
 
 from server.chapters.rewrite import split_chapter
+from server.tools.client import ChatClient, connect, deltas
 from server.tools.fake_llm import FakeLLM
-from tests.chat_client import ChatClient, connect, deltas
 from tests.conftest import model_config, token_for
 from tests.processes import serve_copy
 

@@ -15,8 +15,8 @@ import pytest
 import websockets
 
 from server.services import Services
+from server.tools.client import ChatClient, connect, deltas
 from server.tools.fake_llm import FakeLLM
-from tests.chat_client import ChatClient, connect, deltas
 from tests.conftest import LiveServer, model_config, server_with, token_for
 
 CHAPTER = "ros2-basics/ros2-services-actions-qos"

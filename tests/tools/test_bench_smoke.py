@@ -7,8 +7,8 @@ import importlib
 import pytest
 
 from bench.relays import KINDS, RelayKind, create_relay_app
+from server.tools.client import connect, deltas
 from server.tools.fake_llm import FakeLLM, expected_reply
-from tests.chat_client import connect, deltas
 from tests.conftest import AppServer
 
 RUNNABLE = ("relays", "capacity", "first_delta", "memory", "cancel", "ingest")

@@ -16,9 +16,10 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 
 from server.errors import ConfigError
+from server.tools.client import WireFrame, WireUsage
 from server.tools.fake_llm import FakeLLM
 from server.tools.loadtest.config import LoadConfig, parse_mix, parse_users, tokens_for
-from server.tools.loadtest.engine import Snapshot, StreamTracker, WireFrame, WireUsage, run_load
+from server.tools.loadtest.engine import Snapshot, StreamTracker, run_load
 from server.tools.loadtest.report import (
     LoadReport,
     Recorder,

@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable
 
 import msgspec
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from protocol.codec import encode
+from protocol.contract import STREAM_TYPES, StreamContract
 from protocol.frames import Ask, Chapter, Selection
+from server.tools.client import WireFrame, decode_frame, open_socket
 from server.tools.loadtest.config import (
     QUESTIONS,
     SELECTION_QUESTIONS,
@@ -26,8 +28,6 @@ from server.tools.loadtest.config import (
 )
 from server.tools.loadtest.report import KINDS, LoadReport, Recorder, build_report, percentile
 
-STREAM_TYPES = frozenset({"start", "sources", "delta", "done", "error"})
-TERMINAL_TYPES = frozenset({"done", "error"})
 LAG_PROBE_S = 0.05
 RECENT_TTFD_S = 5.0
 # Closes that end streams by design (restart, overload, auth): a stream cut by any other close
@@ -61,59 +61,32 @@ class Snapshot:
         )
 
 
-class WireUsage(msgspec.Struct, gc=False):
-    """The part of `done.usage` the load test counts."""
-
-    completion_tokens: int = 0
-
-
-class WireFrame(msgspec.Struct, gc=False):
-    """The fields of a server frame the load test reads; msgspec skips the rest unparsed."""
-
-    type: str = ""
-    id: str | None = None
-    seq: int | None = None
-    code: str | None = None
-    text: str | None = None
-    usage: WireUsage | None = None
-    cached: bool | None = None
-
-
-_decode_frame = msgspec.json.Decoder(WireFrame).decode
-
-
 class StreamTracker:
-    """One stream's contract check and timings: seq 1, 2, 3…, `start` first, one terminal frame."""
+    """One stream's contract check (protocol/contract.py) and its timings."""
 
-    __slots__ = ("_rec", "ended", "kind", "last_delta_at", "sent_at", "seq", "started")
+    __slots__ = ("_rec", "contract", "kind", "last_delta_at", "sent_at")
 
     def __init__(self, rec: Recorder, kind: int, sent_at: float) -> None:
         self._rec = rec
         self.kind = kind  # index into KINDS
         self.sent_at = sent_at
         self.last_delta_at = 0.0
-        self.seq = 0
-        self.started = self.ended = False
+        self.contract = StreamContract()
+
+    @property
+    def ended(self) -> bool:
+        """Its terminal frame came."""
+        return self.contract.ended
 
     def frame(self, frame: WireFrame, now: float) -> str | None:
         """Account one frame of this stream; the contract violation it shows, if any."""
-        kind = frame.type
-        if self.ended:
-            return "extra_terminal" if kind in TERMINAL_TYPES else "frame_after_terminal"
-        if kind not in STREAM_TYPES:
-            return "unknown_type"
-        violation = None
-        seq = frame.seq
-        if seq is None:
-            violation = "seq_missing"
-            seq = self.seq + 1
-        elif seq != self.seq + 1:
-            violation = "seq_not_from_1" if self.seq == 0 else "seq_not_consecutive"
-        self.seq = seq  # resynchronise, so one skipped number counts once
+        ended_before = self.contract.ended
+        violation = self.contract.check(frame.type, frame.seq)
+        if ended_before:
+            return violation
         rec = self._rec
+        kind = frame.type
         if kind == "delta":
-            if not self.started:
-                violation = violation or "delta_before_start"
             if self.last_delta_at == 0.0:
                 rec.ttfd_at.append(now - rec.t0)
                 rec.ttfd.append(now - self.sent_at)
@@ -124,22 +97,11 @@ class StreamTracker:
             self.last_delta_at = now
             rec.deltas += 1
             rec.chars += len(frame.text or "")
-        elif kind == "start":
-            if self.started:
-                violation = violation or "start_twice"
-            self.started = True
-        elif kind == "sources":
-            if not self.started:
-                violation = violation or "sources_before_start"
         elif kind == "done":
-            self.ended = True
             usage = frame.usage
             tokens = None if usage is None else usage.completion_tokens
             rec.stream_done(now, tokens, bool(frame.cached))
-            if not self.started:
-                violation = violation or "done_before_start"
-        else:  # error: may come without `start` (e.g. rate_limited before anything began)
-            self.ended = True
+        elif kind == "error":
             rec.stream_failed(now, frame.code or "error_without_code")
         return violation
 
@@ -201,16 +163,7 @@ class _Run:
         began = time.perf_counter()
         try:
             async with asyncio.timeout(config.connect_timeout):
-                ws = await connect(
-                    config.url,
-                    additional_headers={"Authorization": f"Bearer {token}"},
-                    compression=None,
-                    proxy=None,
-                    ping_interval=None,  # the server pings; websockets answers on its own
-                    close_timeout=2,
-                    max_size=2**22,
-                    open_timeout=None,
-                )
+                ws = await open_socket(config.url, token, wait_ready=False, open_timeout=None)
         except (OSError, TimeoutError, WebSocketException) as exc:
             rec.connect_failed[_connect_failure(exc)] += 1
             return
@@ -223,7 +176,7 @@ class _Run:
         rec = self.rec
         try:
             async with asyncio.timeout(self.config.connect_timeout):
-                ready = _decode_frame(await ws.recv(decode=False))
+                ready = decode_frame(await ws.recv(decode=False))
         except (TimeoutError, WebSocketException, msgspec.DecodeError) as exc:
             rec.connect_failed[_connect_failure(exc)] += 1
             return
@@ -272,7 +225,7 @@ class _Run:
                     raw = await ws.recv(decode=False)
                     now = time.perf_counter()
                     try:
-                        frame = _decode_frame(raw)
+                        frame = decode_frame(raw)
                     except msgspec.DecodeError:
                         rec.violation("bad_frame", f"{where}: {bytes(raw)[:80]!r}")
                         continue
