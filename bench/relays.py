@@ -46,10 +46,10 @@ from protocol.frames import (
     Timings,
     Usage,
 )
+from protocol.limits import MAX_FRAME_BYTES
 
 RelayKind = Literal["sdk", "raw"]
 KINDS: tuple[RelayKind, ...] = ("sdk", "raw")
-MAX_FRAME_BYTES = 131_072  # as the full server
 
 
 class _Delta(msgspec.Struct):

@@ -10,7 +10,8 @@ from __future__ import annotations
 from protocol.frames import TERMINAL_TYPES
 
 STREAM_TYPES = frozenset({"start", "sources", "delta", "done", "error"})
-_TERMINAL_PREFIXES = tuple(f'{{"type":"{t}"'.encode() for t in sorted(TERMINAL_TYPES))
+_TERMINAL_PREFIXES = tuple(f'{{"type":"{t}"' for t in sorted(TERMINAL_TYPES))
+_TERMINAL_PREFIXES_B = tuple(p.encode() for p in _TERMINAL_PREFIXES)
 
 # The names of the violations, for reports.
 VIOLATIONS = (
@@ -27,8 +28,10 @@ VIOLATIONS = (
 )
 
 
-def is_terminal(frame_json: bytes) -> bool:
+def is_terminal(frame_json: str | bytes) -> bool:
     """True for an encoded `done` or `error` frame (as the server's codec writes them)."""
+    if isinstance(frame_json, bytes):
+        return frame_json.startswith(_TERMINAL_PREFIXES_B)
     return frame_json.startswith(_TERMINAL_PREFIXES)
 
 

@@ -79,7 +79,7 @@ class TokenVerifier:
         self, settings: Settings, secret: str | None, http: httpx.AsyncClient | None = None
     ) -> None:
         self._secret = secret
-        self._algorithms = settings.jwt_algorithms
+        self._algorithms = settings.accepted_algorithms
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._jwks = JwksCache(settings.jwks_url, http) if settings.jwks_url and http else None

@@ -1,24 +1,41 @@
-"""One root exception; every failure the client may see carries a wire code and a retry hint."""
+"""One root exception; every failure the client may see carries a wire code and a retry hint.
+
+What a code means (retryable by default, its HTTP status, the close that follows it) is one
+table in protocol/codes.py; the `error` frame is made in one place, protocol.frames.error_frame.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from protocol.codes import CloseCode, ErrorCode
+from protocol.codes import ERRORS, ErrorCode
+from protocol.frames import Error, error_frame
 
 
 class ChatError(Exception):
     """Root of every error that maps to an `error` frame."""
 
     code: ErrorCode = ErrorCode.INTERNAL
-    retryable: bool = False
-    close_code: CloseCode | None = None
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, retryable: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
-        if retryable is not None:
-            self.retryable = retryable
+        self.retryable = ERRORS[self.code].retryable if retryable is None else retryable
+
+    @property
+    def http_status(self) -> int:
+        """The status of an HTTP response carrying this error."""
+        return ERRORS[self.code].http_status
+
+    def frame(self, id: str | None = None, seq: int | None = None) -> Error:
+        """The `error` frame for this error (of a stream, when `id` is given)."""
+        return error_frame(
+            self.code,
+            self.message,
+            retryable=self.retryable,
+            id=id,
+            seq=seq,
+            retry_after=self.retry_after,
+        )
 
 
 class PeerError(ChatError):
@@ -31,16 +48,10 @@ class InvalidMessage(PeerError):
 
 class Unauthorized(PeerError):
     code = ErrorCode.UNAUTHORIZED
-    close_code = CloseCode.UNAUTHENTICATED
 
 
 class TokenExpired(PeerError):
     code = ErrorCode.TOKEN_EXPIRED
-    close_code = CloseCode.UNAUTHENTICATED
-
-
-class Forbidden(PeerError):
-    code = ErrorCode.FORBIDDEN
 
 
 class NotFound(PeerError):
@@ -53,12 +64,10 @@ class DuplicateId(PeerError):
 
 class TooManyStreams(PeerError):
     code = ErrorCode.TOO_MANY_STREAMS
-    retryable = True
 
 
 class RateLimited(PeerError):
     code = ErrorCode.RATE_LIMITED
-    retryable = True
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
@@ -67,8 +76,6 @@ class RateLimited(PeerError):
 
 class ServiceError(ChatError):
     """A dependency failed; not the client's fault."""
-
-    retryable = True
 
 
 class UpstreamUnavailable(ServiceError):
@@ -87,15 +94,17 @@ class InternalError(ChatError):
     """Our own bug: the message is generic, the details go to the log."""
 
     code = ErrorCode.INTERNAL
-    retryable = False
+
+    def __init__(self, message: str = "internal error") -> None:
+        super().__init__(message)
 
 
 class RemoteError(ChatError):
     """An error another server process reported, carried on with its wire code."""
 
     def __init__(self, code: ErrorCode, message: str, *, retryable: bool) -> None:
-        super().__init__(message, retryable=retryable)
         self.code = code
+        super().__init__(message, retryable=retryable)
 
 
 class ConfigError(Exception):
@@ -104,28 +113,3 @@ class ConfigError(Exception):
 
 class EmbeddingMismatch(ConfigError):
     """The vector collection was built by a different embedding model."""
-
-
-def error_fields(exc: ChatError) -> dict[str, Any]:
-    """The fields of the `error` frame for this exception."""
-    fields: dict[str, Any] = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
-    if isinstance(exc, RateLimited):
-        fields["retry_after"] = exc.retry_after
-    return fields
-
-
-# The one table from wire code to HTTP status, for the HTTP side of the API.
-HTTP_STATUS: dict[ErrorCode, int] = {
-    ErrorCode.INVALID_MESSAGE: 422,
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.TOKEN_EXPIRED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.DUPLICATE_ID: 409,
-    ErrorCode.TOO_MANY_STREAMS: 429,
-    ErrorCode.RATE_LIMITED: 429,
-    ErrorCode.UPSTREAM_UNAVAILABLE: 503,
-    ErrorCode.RETRIEVAL_UNAVAILABLE: 503,
-    ErrorCode.DATABASE_UNAVAILABLE: 503,
-    ErrorCode.INTERNAL: 500,
-}

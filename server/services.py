@@ -169,7 +169,7 @@ class Services:
         # Per-process session state; a copy made with dataclasses.replace gets its own.
         s = self.settings
         self.registry = StreamRegistry(grace_s=s.resume_grace_s, retention_s=s.resume_retention_s)
-        self.journal = FrameJournal(self.store, retention_s=s.resume_retention_s)
+        self.journal = FrameJournal(self.store)
         self.cluster = Cluster(self.store, self.registry, self.journal, s)
         self.chapters = ChapterHub(
             JobShare(self.store, self.journal, self.cluster, s.resume_retention_s)

@@ -188,7 +188,7 @@ async def services(
 @contextlib.asynccontextmanager
 async def server_with(services: Services, **settings: Any) -> AsyncIterator[LiveServer]:
     """A server on the shared components with some settings changed (and its own session state)."""
-    changed = dataclasses.replace(services.settings, **settings)
+    changed = services.settings.replace(**settings)
     async with LiveServer(dataclasses.replace(services, settings=changed)) as server:
         yield server
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import time
@@ -161,10 +160,5 @@ def test_dev_secret_only_on_loopback_without_auth_config(tmp_path: Path) -> None
     assert (tmp_path / "dev-jwt-secret").stat().st_mode & 0o777 == 0o600
     with pytest.raises(ConfigError, match="JWT_SECRET"):
         signing_secret(settings, loopback=False)
-    assert (
-        signing_secret(dataclasses.replace(settings, jwt_secret=SECRET), loopback=False) == SECRET
-    )
-    assert (
-        signing_secret(dataclasses.replace(settings, jwks_url="https://x/jwks"), loopback=True)
-        is None
-    )
+    assert signing_secret(settings.replace(jwt_secret=SECRET), loopback=False) == SECRET
+    assert signing_secret(settings.replace(jwks_url="https://x/jwks"), loopback=True) is None

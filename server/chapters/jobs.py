@@ -94,13 +94,7 @@ class JobLog:
         if cancelled:
             frame = Done(id=self.id, seq=seq, finish_reason="cancelled", timings=_NO_TIMINGS)
         elif error is not None:
-            frame = Error(
-                code=error.code,
-                message=error.message,
-                retryable=error.retryable,
-                id=self.id,
-                seq=seq,
-            )
+            frame = error.frame(self.id, seq)
         else:
             frame = Done(
                 id=self.id,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol.frames import Chapter as ChapterFrame
-from protocol.frames import Delta, Done, Error, Start, Timings, Usage
+from protocol.frames import Delta, Start, Usage
 from protocol.profile import Profile
 from server.auth import Identity
 from server.chapters.jobs import ChapterHub, ChapterJob
@@ -27,18 +27,16 @@ from server.chapters.rewrite import (
     split_chapter,
     translate_prompt,
 )
+from server.chat.lifecycle import Outcome
 from server.chat.llm import ChatModel, Generation
 from server.chat.stream import Stream
 from server.cluster.limits import RateLimiter
 from server.errors import (
     ChatError,
-    InternalError,
     InvalidMessage,
     NotFound,
     UpstreamUnavailable,
-    error_fields,
 )
-from server.metrics import FIRST_DELTA, STREAMS
 from server.profiles import reader_profile
 from server.store import CachedChapter, ChapterRow, Store
 
@@ -133,26 +131,11 @@ class ChapterRun:
         self.limiter = limiter
         self.identity = identity
         self.frame = frame
-        self.first_token_ms: float | None = None
+        self.usage = Generation()
+        self.cached = False
 
-    async def __call__(self, stream: Stream) -> None:
-        try:
-            await self._run(stream)
-            STREAMS.labels("chapter", "complete").inc()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            stream.emit(Done, finish_reason="cancelled", timings=self._timings(stream))
-            STREAMS.labels("chapter", "interrupted" if stream.interrupted else "cancelled").inc()
-        except ChatError as exc:
-            stream.emit(Error, **error_fields(exc))
-            STREAMS.labels("chapter", "failed").inc()
-        except Exception:
-            log.exception("chapter stream %s failed", stream.id)
-            stream.emit(Error, code=InternalError.code, message="internal error", retryable=False)
-
-    async def _run(self, stream: Stream) -> None:
+    async def produce(self, stream: Stream) -> None:
+        """From the cache, or from the generation this request shares with identical ones."""
         await self.limiter.admit(self.identity.user_id)
         request = await self._request()
         language = request.language if request.mode == "translate" else None
@@ -161,17 +144,11 @@ class ChapterRun:
         cached = await self.store.get_cached_chapter(key)
         if cached is not None:
             for i in range(0, len(cached.body), CACHE_DELTA_CHARS):
-                self._delta(stream, cached.body[i : i + CACHE_DELTA_CHARS])
-            usage = Usage(
-                prompt_tokens=cached.prompt_tokens, completion_tokens=cached.completion_tokens
+                stream.emit(Delta, text=cached.body[i : i + CACHE_DELTA_CHARS])
+            self.usage = Generation(
+                cached.finish_reason, cached.prompt_tokens, cached.completion_tokens
             )
-            stream.emit(
-                Done,
-                finish_reason=cached.finish_reason,
-                usage=usage,
-                timings=self._timings(stream),
-                cached=True,
-            )
+            self.cached = True
             return
         job = self.hub.join(key, lambda job: self._generate(job, request, key))
         try:
@@ -180,7 +157,7 @@ class ChapterRun:
                 if sent < len(job.pieces):
                     text = "".join(job.pieces[sent:])
                     sent = len(job.pieces)
-                    self._delta(stream, text)
+                    stream.emit(Delta, text=text)
                     continue
                 if job.finished:
                     break
@@ -189,17 +166,25 @@ class ChapterRun:
             self.hub.leave(job)
         if job.error is not None:
             raise job.error
-        g = job.usage
-        usage = Usage(
-            prompt_tokens=g.prompt_tokens or 0, completion_tokens=g.completion_tokens or 0
-        )
-        stream.emit(
-            Done,
-            finish_reason=g.finish_reason,
-            usage=usage,
-            timings=self._timings(stream),
-            cached=False,
-        )
+        self.usage = job.usage
+
+    async def settle(
+        self, stream: Stream, outcome: Outcome, error: ChatError | None
+    ) -> ChatError | None:
+        """Nothing to save per stream: a finished chapter was cached by its generation."""
+        return error
+
+    def done_fields(self, stream: Stream, outcome: Outcome) -> dict[str, Any]:
+        """`done`: why it stopped, its timings, the usage and whether it came from the cache."""
+        if outcome is not Outcome.COMPLETE:
+            return {"finish_reason": "cancelled", "timings": stream.timings()}
+        g = self.usage
+        return {
+            "finish_reason": g.finish_reason,
+            "usage": Usage(g.prompt_tokens or 0, g.completion_tokens or 0),
+            "timings": stream.timings(),
+            "cached": self.cached,
+        }
 
     async def _request(self) -> ChapterRequest:
         frame = self.frame
@@ -246,18 +231,3 @@ class ChapterRun:
             await self.store.put_cached_chapter(key, request.key_fields(), body)
         except ChatError:
             log.warning("could not cache chapter %s", request.chapter.id)
-
-    def _delta(self, stream: Stream, text: str) -> None:
-        if self.first_token_ms is None:
-            self.first_token_ms = stream.elapsed_ms()
-            FIRST_DELTA.labels("chapter").observe(self.first_token_ms / 1000.0)
-        stream.emit(Delta, text=text)
-
-    def _timings(self, stream: Stream) -> Timings:
-        total = round(stream.elapsed_ms(), 2)
-        return Timings(
-            first_token_ms=round(self.first_token_ms, 2)
-            if self.first_token_ms is not None
-            else total,
-            total_ms=total,
-        )

@@ -1,5 +1,9 @@
-"""One WebSocket connection: authenticate, then one reader, one writer that alone sends
-(server/outbox.py), a task per stream."""
+"""One WebSocket connection: the I/O driver of the protocol's rules (protocol/connection.py).
+
+It reads frames and feeds them to the rules, then carries out what they ask: control frames to
+the one writer (server/chat/outbox.py), token verification, streams to open, resume or cancel,
+timers. Streams run in tasks of their own and outlive the socket (server/chat/registry.py).
+"""
 
 from __future__ import annotations
 
@@ -7,27 +11,25 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import Mapping
-from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol import codec
 from protocol.codes import CloseCode
-from protocol.frames import (
-    Ask,
-    Auth,
-    Cancel,
-    Chapter,
-    ClientFrame,
-    Error,
-    Limits,
-    Ping,
-    Pong,
-    Ready,
-    Resume,
+from protocol.connection import (
+    Action,
+    CancelStream,
+    ChatConnection,
+    Close,
+    OpenStream,
+    ResumeStream,
+    Send,
+    SetTimer,
+    Timer,
+    Verify,
 )
+from protocol.frames import Ask, Chapter, Error
+from protocol.limits import ConnectionLimits
 from server.auth import Identity
 from server.chapters.run import ChapterRun
 from server.chat.answer import AnswerRun
@@ -39,22 +41,15 @@ from server.errors import (
     DuplicateId,
     InvalidMessage,
     NotFound,
-    TokenExpired,
     TooManyStreams,
-    Unauthorized,
     UpstreamUnavailable,
-    error_fields,
 )
 from server.metrics import CONNECTIONS, ERRORS, SLOW_CLOSES
 from server.services import Services
 
 log = logging.getLogger(__name__)
 
-MAX_FRAME_BYTES = 131_072
-ABUSE_WINDOW_S = 10.0
-ABUSE_LIMIT = 50  # invalid frames per window before 1008
-MAX_BUFFERED_CHARS = 1_000_000  # text waiting for a slow reader, across its streams
-BUFFER_CHECK_CHARS = 16_384
+BUFFER_CHECK_CHARS = 16_384  # a stream's share of buffered text before the socket's sum is taken
 
 
 class Connection:
@@ -64,16 +59,24 @@ class Connection:
         self.ws = ws
         self.services = services
         self.settings = services.settings
-        self.session_id = str(uuid.uuid4())
-        self.identity: Identity | None = None
-        self.streams: dict[str, Stream | StoredStream] = {}
-        self._outbox = Outbox(
-            ws, self, send_timeout_s=self.settings.slow_client_s, too_slow=self._too_slow
+        s = self.settings
+        self.limits = ConnectionLimits(
+            max_streams=s.max_streams_per_connection,
+            auth_timeout_s=s.auth_timeout_s,
+            token_expiry_grace_s=s.token_expiry_grace_s,
+            idle_timeout_s=s.idle_timeout_s,
         )
-        self._invalid_at: deque[float] | None = None  # made at the first invalid frame
-        self._last_seen = time.monotonic()
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.rules = ChatConnection(self.limits, session_id=str(uuid.uuid4()))
+        self.identity: Identity | None = None  # the last verified token's
+        self.streams: dict[str, Stream | StoredStream] = {}
+        self._outbox = Outbox(ws, self, send_timeout_s=s.slow_client_s, too_slow=self._too_slow)
+        self._timers: dict[Timer, asyncio.TimerHandle] = {}
         self._registered = False
+
+    @property
+    def session_id(self) -> str:
+        """This connection's id, as `ready` tells it."""
+        return self.rules.session_id
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -85,27 +88,37 @@ class Connection:
             await self.ws.close(code=CloseCode.POLICY_VIOLATION)  # before accept: HTTP 403
             return
         header = self.ws.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
         await self.ws.accept()
         CONNECTIONS.inc()
         writer = asyncio.create_task(self._outbox.run(), name=f"writer:{self.session_id}")
         try:
-            if await self._authenticate(header):
-                await self._read_loop()
+            await self._carry_out(self.rules.connected(token, time.monotonic()))
+            while self._outbox.close_request is None:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                actions = self.rules.receive(message.get("text"), time.monotonic())
+                await self._carry_out(actions)
         except WebSocketDisconnect:
             pass
         finally:
             for timer in self._timers.values():
                 timer.cancel()
             self._release_streams()
-            if self._registered and self.identity is not None:
-                self.services.registry.disconnect(self.identity.user_id, self)
-            self.close(CloseCode.NORMAL)
+            if self._registered and self.rules.user_id is not None:
+                self.services.registry.disconnect(self.rules.user_id, self)
+            self._outbox.close(CloseCode.NORMAL)
             try:
                 await asyncio.wait_for(writer, timeout=2.0)
             except TimeoutError:
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
             CONNECTIONS.dec()
+
+    def close(self, code: CloseCode, reason: str = "") -> None:
+        """Close after the control frames already queued (streams stay resumable)."""
+        self._carry_out_now(self.rules.close(code, reason))
 
     def _release_streams(self) -> None:
         """The socket is gone: its streams go on for a while, waiting for a resume."""
@@ -119,173 +132,108 @@ class Connection:
         self.streams.clear()
         self._outbox.drop_streams()
 
-    async def _authenticate(self, header: str) -> bool:
-        token: str | None = None
-        if header.lower().startswith("bearer "):
-            token = header[7:].strip()
-        else:
-            try:
-                message = await asyncio.wait_for(
-                    self.ws.receive(), timeout=self.settings.auth_timeout_s
-                )
-            except TimeoutError:
-                self.close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
-                return False
-            if message["type"] == "websocket.disconnect":
-                return False
-            frame = self._decode(message)
-            if not isinstance(frame, Auth):
-                self._fail_auth(Unauthorized("the first frame must be auth"))
-                return False
-            token = frame.token
-        try:
-            self.identity = await self.services.verifier.verify(token)
-        except ChatError as exc:
-            self._fail_auth(exc)
-            return False
-        count = self.services.registry.connect(self.identity.user_id, self)
-        self._registered = True
-        if count <= self.settings.max_connections_per_user:
-            count += (await self.services.cluster.elsewhere(self.identity.user_id))[0]
-        if count > self.settings.max_connections_per_user:
-            self.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this user")
-            return False
-        self._send_ready()
-        self._schedule_idle_check()
-        return True
+    # ---- carrying out the rules' actions -------------------------------------------------
 
-    def _fail_auth(self, exc: ChatError) -> None:
-        self._send_control(Error(code=exc.code, message=exc.message, retryable=False))
-        self.close(CloseCode.UNAUTHENTICATED, exc.message)
+    async def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Verify():
+                    await self._verify(action.token)
+                case OpenStream():
+                    self._open(action.frame)
+                case ResumeStream():
+                    await self._resume(action.id, action.after_seq)
+                case CancelStream():
+                    await self._cancel(action.id)
+                case _:
+                    self._carry_out_now([action])
 
-    def _send_ready(self) -> None:
-        assert self.identity is not None
-        limits = Limits(
-            max_streams=self.settings.max_streams_per_connection, max_frame_bytes=MAX_FRAME_BYTES
-        )
-        self._send_control(
-            Ready(
-                session_id=self.session_id,
-                user_id=self.identity.user_id,
-                expires_at=self.identity.expires_at,
-                limits=limits,
-            )
-        )
-        self._schedule("expiry", self.identity.expires_at - time.time(), self._token_expired)
+    def _carry_out_now(self, actions: list[Action]) -> None:
+        """The actions that need no waiting: sends, closes and timers."""
+        for action in actions:
+            match action:
+                case Send():
+                    self._send(action.frame)
+                case Close():
+                    self._outbox.close(action.code, action.reason)
+                case SetTimer():
+                    self._set_timer(action.timer, action.delay_s)
+                case _:
+                    raise AssertionError(f"{action} needs the reader")
 
-    def _token_expired(self) -> None:
-        exc = TokenExpired("the token expired; send auth with a fresh token")
-        self._send_control(Error(code=exc.code, message=exc.message, retryable=True))
-        self._schedule(
-            "expiry",
-            self.settings.token_expiry_grace_s,
-            lambda: self.close(CloseCode.UNAUTHENTICATED, "token expired"),
-        )
+    def _send(self, frame: object) -> None:
+        if isinstance(frame, Error):
+            ERRORS.labels(frame.code.value).inc()
+        if not self._outbox.control(codec.encode(frame).decode()):
+            self.close(CloseCode.POLICY_VIOLATION, "too many frames without reading the answers")
 
-    def _schedule_idle_check(self) -> None:
-        self._schedule("idle", self.settings.idle_timeout_s / 4, self._idle_check)
-
-    def _idle_check(self) -> None:
-        busy = any(isinstance(s, Stream) and s.live for s in self.streams.values())
-        if not busy and time.monotonic() - self._last_seen > self.settings.idle_timeout_s:
-            self.close(CloseCode.NORMAL, "idle timeout")
-        else:
-            self._schedule_idle_check()
-
-    def _schedule(self, name: str, delay: float, action: Any) -> None:
-        old = self._timers.pop(name, None)
+    def _set_timer(self, timer: Timer, delay_s: float | None) -> None:
+        old = self._timers.pop(timer, None)
         if old is not None:
             old.cancel()
-        self._timers[name] = asyncio.get_running_loop().call_later(max(delay, 0.0), action)
+        if delay_s is not None:
+            self._timers[timer] = asyncio.get_running_loop().call_later(
+                delay_s, self._timer_fired, timer
+            )
 
-    # ---- reading -------------------------------------------------------------------------
+    def _timer_fired(self, timer: Timer) -> None:
+        self._timers.pop(timer, None)
+        self._carry_out_now(self.rules.timer_fired(timer, time.monotonic()))
 
-    async def _read_loop(self) -> None:
-        while self._outbox.close_request is None:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            self._last_seen = time.monotonic()
-            frame = self._decode(message)
-            if frame is None:
-                if self._abusive():
-                    self.close(CloseCode.POLICY_VIOLATION, "too many invalid frames")
-                    return
-                continue
-            await self._dispatch(frame)
+    def _refuse(self, stream_id: str, exc: ChatError) -> None:
+        self._carry_out_now(self.rules.refused(stream_id, exc.frame(stream_id)))
 
-    def _decode(self, message: Mapping[str, Any]) -> ClientFrame | None:
-        text = message.get("text")
-        if text is None:
-            self._reject(InvalidMessage("binary frames are not accepted; send JSON text frames"))
-            return None
-        try:
-            return codec.decode_client(text)
-        except codec.DecodeError as exc:
-            self._reject(InvalidMessage(f"invalid frame: {exc}"), codec.invalid_frame_id(text))
-            return None
+    # ---- auth ----------------------------------------------------------------------------
 
-    def _abusive(self) -> bool:
-        now = time.monotonic()
-        if self._invalid_at is None:
-            self._invalid_at = deque()
-        self._invalid_at.append(now)
-        while self._invalid_at and now - self._invalid_at[0] > ABUSE_WINDOW_S:
-            self._invalid_at.popleft()
-        return len(self._invalid_at) > ABUSE_LIMIT
-
-    async def _dispatch(self, frame: ClientFrame) -> None:
-        match frame:
-            case Ping():
-                self._send_control(Pong(nonce=frame.nonce))
-            case Ask() | Chapter():
-                self._start_stream(frame)
-            case Cancel():
-                await self._cancel(frame.id)
-            case Resume():
-                await self._resume(frame.id, frame.after_seq)
-            case Auth():
-                await self._refresh(frame.token)
-
-    async def _refresh(self, token: str) -> None:
-        assert self.identity is not None
+    async def _verify(self, token: str) -> None:
         try:
             identity = await self.services.verifier.verify(token)
         except ChatError as exc:
-            self._fail_auth(exc)
+            self._carry_out_now(self.rules.rejected(exc.code, exc.message))
             return
-        if identity.user_id != self.identity.user_id:
-            self._fail_auth(Unauthorized("a refresh token must be for the same user"))
+        # the first token: count the connection against the user
+        if self.identity is None and not await self._admit(identity.user_id):
             return
-        self.identity = identity
-        self._send_ready()
+        actions = self.rules.authenticated(identity.user_id, identity.expires_at, time.time())
+        if self.rules.user_id == identity.user_id:  # the rules refuse another user's refresh
+            self.identity = identity
+        self._carry_out_now(actions)
+
+    async def _admit(self, user_id: str) -> bool:
+        count = self.services.registry.connect(user_id, self)
+        self._registered = True
+        if count <= self.settings.max_connections_per_user:
+            count += (await self.services.cluster.elsewhere(user_id))[0]
+        if count > self.settings.max_connections_per_user:
+            self.services.registry.disconnect(user_id, self)
+            self._registered = False
+            self.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this user")
+            return False
+        return True
 
     # ---- streams -------------------------------------------------------------------------
 
-    def _start_stream(self, frame: Ask | Chapter) -> None:
-        assert self.identity is not None
-        user, sid = self.identity.user_id, frame.id
+    def _user(self) -> Identity:
+        if self.identity is None:  # the rules open streams only once authenticated
+            raise AssertionError("a stream before authentication")
+        return self.identity
+
+    def _open(self, frame: Ask | Chapter) -> None:
+        identity = self._user()
+        user, sid = identity.user_id, frame.id
         registry = self.services.registry
         if registry.draining:
-            self._reject(
-                UpstreamUnavailable("the server is restarting; reconnect and ask again"), sid
+            self._refuse(
+                sid, UpstreamUnavailable("the server is restarting; reconnect and ask again")
             )
             return
         known = registry.get(user, sid)
-        if (known is not None and known.live) or (
-            sid in self.streams and not self.streams[sid].ended
-        ):
-            self._reject(DuplicateId(f"stream {sid!r} is still running"), sid)
-            return
-        mine = sum(1 for s in self.streams.values() if isinstance(s, Stream) and s.live)
-        if mine >= self.settings.max_streams_per_connection:
-            self._reject(
-                TooManyStreams("too many streams on this connection; wait for one to finish"), sid
-            )
+        if known is not None and known.live:
+            self._refuse(sid, DuplicateId(f"stream {sid!r} is still running"))
             return
         if registry.live_count(user) >= self.settings.max_streams_per_user:
-            self._reject(
-                TooManyStreams("too many streams for this user; wait for one to finish"), sid
+            self._refuse(
+                sid, TooManyStreams("too many streams for this user; wait for one to finish")
             )
             return
         s = self.services
@@ -293,9 +241,7 @@ class Connection:
         if isinstance(frame, Ask):
             work = AnswerRun(s, user, frame)
         else:
-            work = ChapterRun(
-                s.store, s.generative_model, s.chapters, s.limiter, self.identity, frame
-            )
+            work = ChapterRun(s.store, s.generative_model, s.chapters, s.limiter, identity, frame)
         stream = Stream(sid, user, "answer" if isinstance(frame, Ask) else "chapter", s.journal)
         registry.add(stream)
         s.journal.started(stream)
@@ -305,54 +251,52 @@ class Connection:
 
     def _stream_ended(self, stream: Stream) -> None:
         self.services.registry.finished(stream)
+        if self.streams.get(stream.id) is stream:
+            self.rules.stream_ended(stream.id)
 
     async def _cancel(self, sid: str) -> None:
-        assert self.identity is not None
-        stream = self.services.registry.get(self.identity.user_id, sid)
+        user = self._user().user_id
+        stream = self.services.registry.get(user, sid)
         if stream is not None and stream.live and not stream.ended:
             stream.cancel()
             return
         if stream is None:  # it may be generating in another process
             try:
-                if await self.services.cluster.cancel_remote(self.identity.user_id, sid):
+                if await self.services.cluster.cancel_remote(user, sid):
                     return
             except ChatError as exc:
-                self._reject(exc, sid)
+                self._carry_out_now(self.rules.stream_error(sid, exc.frame(sid)))
                 return
-        self._reject(NotFound(f"no live stream {sid!r}"), sid)
+        error = NotFound(f"no live stream {sid!r}")
+        self._carry_out_now(self.rules.stream_error(sid, error.frame(sid)))
 
     async def _resume(self, sid: str, after_seq: int) -> None:
-        assert self.identity is not None
-        user = self.identity.user_id
+        user = self._user().user_id
         stream = self.services.registry.get(user, sid)
         if stream is None:
             await self._resume_stored(sid, after_seq)
             return
-        if stream.consumer is self:
-            self._reject(DuplicateId(f"stream {sid!r} is already attached to this connection"), sid)
-            return
         if after_seq > stream.seq:
-            self._reject(
-                InvalidMessage(
-                    f"after_seq {after_seq} is past the stream's last frame ({stream.seq})"
-                ),
-                sid,
-            )
+            past = f"after_seq {after_seq} is past the stream's last frame ({stream.seq})"
+            self._refuse(sid, InvalidMessage(past))
             return
         previous = stream.consumer
-        if isinstance(previous, Connection):
+        if isinstance(previous, Connection) and previous is not self:
             previous.streams.pop(sid, None)  # the newer socket of the same user takes it over
+            previous.rules.stream_released(sid)
         stream.attach(self, after_seq)
         self.services.registry.attached(stream)
         self.streams[sid] = stream
+        if not stream.live:
+            self.rules.stream_ended(sid)
 
     async def _resume_stored(self, sid: str, after_seq: int) -> None:
-        """A stream this process does not hold: replay it from the journal (another process, or a restart)."""
-        assert self.identity is not None
+        """A stream this process does not hold: replay it from the journal (another process, or
+        a restart)."""
         try:
             stored = await StoredStream.open(
                 self.services.store,
-                self.identity.user_id,
+                self._user().user_id,
                 sid,
                 after_seq,
                 self.settings.resume_retention_s,
@@ -360,12 +304,14 @@ class Connection:
                 self.services.cluster,
             )
         except ChatError as exc:
-            self._reject(exc, sid)
+            self._refuse(sid, exc)
             return
         if stored is None:
-            self._reject(NotFound(f"no stream {sid!r} to resume"), sid)
+            self._refuse(sid, NotFound(f"no stream {sid!r} to resume"))
             return
         self.streams[sid] = stored
+        if stored.ended:
+            self.rules.stream_ended(sid)
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -378,22 +324,9 @@ class Connection:
         if (
             isinstance(stream, Stream)
             and stream.buffered_chars() > BUFFER_CHECK_CHARS
-            and self._buffered_chars() > MAX_BUFFERED_CHARS
+            and self._buffered_chars() > self.limits.max_buffered_chars
         ):
             self._too_slow("the client reads too slowly")
-
-    def _send_control(self, frame: Any) -> None:
-        if isinstance(frame, Error):
-            ERRORS.labels(frame.code.value).inc()
-        if not self._outbox.control(codec.encode(frame).decode()):
-            self.close(CloseCode.POLICY_VIOLATION, "too many frames without reading the answers")
-
-    def _reject(self, exc: ChatError, stream_id: str | None = None) -> None:
-        self._send_control(Error(id=stream_id, **error_fields(exc)))
-
-    def close(self, code: int, reason: str = "") -> None:
-        """Close after the control frames already queued (streams stay resumable)."""
-        self._outbox.close(code, reason)
 
     def _buffered_chars(self) -> int:
         return sum(s.buffered_chars() for s in self.streams.values() if isinstance(s, Stream))

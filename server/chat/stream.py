@@ -13,12 +13,15 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from protocol import codec
-from protocol.frames import Delta, Done, Error, StreamFrame
-from server.metrics import DELTA_GAP, LIVE_STREAMS, SERVER_ADDED
+from protocol.frames import Delta, Done, StreamFrame, Timings
+from server.chat import lifecycle
+from server.chat.lifecycle import StreamWork
+from server.errors import ChatError
+from server.metrics import DELTA_GAP, FIRST_DELTA, LIVE_STREAMS, SERVER_ADDED
 
 MAX_MERGED_DELTA = 65_536  # characters in one merged delta frame
 
@@ -69,15 +72,22 @@ class Stream:
         self.first_chunk_at: float | None = None  # perf_counter when the model's first text came in
         self.server_added_ms: float | None = None  # from then until the first delta was sent
         self.last_delta_sent_at: float | None = None
+        self.first_delta_ms: float | None = None  # since the stream began, when it was emitted
         self._tail: deque[_Pending] = deque()
         self._tail_chars = 0
 
     # ---- producing ---------------------------------------------------------------------
 
     def emit(self, frame_type: Callable[..., StreamFrame], **fields: Any) -> None:
-        """Queue one frame; it is numbered when the reader takes it (at once without a reader)."""
+        """Queue one frame (`Start`, `Sources` or `Delta`); it is numbered when the reader takes
+        it (at once without a reader)."""
+        if self.ended:
+            raise RuntimeError(f"stream {self.id}: a frame after its terminal frame")
         if frame_type is Delta:
             text: str = fields["text"]
+            if self.first_delta_ms is None:
+                self.first_delta_ms = self.elapsed_ms()
+                FIRST_DELTA.labels(self.kind).observe(self.first_delta_ms / 1000.0)
             last = self._tail[-1] if self._tail else None
             if (
                 last is None
@@ -90,9 +100,25 @@ class Stream:
             last.size += len(text)
             self._tail_chars += len(text)
         else:
-            if frame_type is Done or frame_type is Error:
-                self.ended = True
             self._tail.append(_Pending(frame_type, fields))
+        self._queued()
+
+    def done(self, **fields: Any) -> None:
+        """End the stream with `done`."""
+        self._end(_Pending(Done, fields))
+
+    def fail(self, error: ChatError) -> None:
+        """End the stream with `error`."""
+        self._end(_Pending(error.frame, {}))
+
+    def _end(self, pending: _Pending) -> None:
+        if self.ended:
+            raise RuntimeError(f"stream {self.id}: a second terminal frame")
+        self.ended = True
+        self._tail.append(pending)
+        self._queued()
+
+    def _queued(self) -> None:
         if self.consumer is None:
             self._commit_all()
         else:
@@ -110,7 +136,8 @@ class Stream:
             text = "".join(pending.texts)
             self._tail_chars -= pending.size
             fields = {"text": text}
-        data = codec.encode(pending.frame_type(id=self.id, seq=self.seq, **fields)).decode()
+        frame = pending.frame_type(id=self.id, seq=self.seq, **fields)
+        data = codec.encode(frame).decode()
         self.log.append(data)
         if self.journal is not None:
             self.journal.frame(self, self.seq, data)
@@ -162,15 +189,13 @@ class Stream:
 
     # ---- lifecycle ---------------------------------------------------------------------
 
-    def start(
-        self, work: Callable[[Stream], Awaitable[None]], on_exit: Callable[[Stream], None]
-    ) -> None:
-        """Run `work` in the stream's own task; `on_exit` runs when it ends."""
+    def start(self, work: StreamWork, on_exit: Callable[[Stream], None]) -> None:
+        """Run `work` in the stream's own task, to its terminal frame; `on_exit` runs when it ends."""
 
         async def run() -> None:
             LIVE_STREAMS.inc()
             try:
-                await work(self)
+                await lifecycle.run(work, self)
             finally:
                 LIVE_STREAMS.dec()
                 self.finished_at = time.monotonic()
@@ -193,3 +218,15 @@ class Stream:
     def elapsed_ms(self) -> float:
         """Milliseconds since the stream was created."""
         return (time.monotonic() - self.started) * 1000.0
+
+    def timings(self, **spans: float | None) -> Timings:
+        """The `done.timings` of this stream so far, with the work's own spans (ms)."""
+        total = round(self.elapsed_ms(), 2)
+        first = self.first_delta_ms
+        added = self.server_added_ms
+        return Timings(
+            first_token_ms=round(first, 2) if first is not None else total,
+            total_ms=total,
+            server_added_ms=round(added, 3) if added is not None else None,
+            **{k: round(v, 3) for k, v in spans.items() if v is not None},
+        )

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import asyncpg
 
+from server.cluster.bus import FRAMES, batches
 from server.errors import ChatError
 from server.store import Store
 
@@ -24,8 +25,6 @@ FOLLOWED_INTERVAL_S = 0.02  # streams someone reads from another process are flu
 FOLLOW_TTL_S = 60.0
 MAX_FOLLOWED = 1024
 MAX_BUFFERED_FRAMES = 200_000
-PRUNE_INTERVAL_S = 60.0
-ABANDONED_S = 3600.0  # an unfinished stream nobody wrote to for an hour lost its process
 # per start: a restarted container has the same host name and pid, and must not look alive
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
@@ -58,11 +57,8 @@ class _Batch:
 class FrameJournal:
     """Collects stream starts, frames and ends, and writes them every few tens of milliseconds."""
 
-    def __init__(
-        self, store: Store, *, retention_s: float, interval_s: float = FLUSH_INTERVAL_S
-    ) -> None:
+    def __init__(self, store: Store, *, interval_s: float = FLUSH_INTERVAL_S) -> None:
         self._store = store
-        self._retention_s = retention_s
         self._interval_s = interval_s
         self._batch = _Batch()
         self._wake = asyncio.Event()
@@ -70,7 +66,6 @@ class FrameJournal:
         self._hurry = asyncio.Event()  # `_due` moved closer
         self._task: asyncio.Task[None] | None = None
         self._writing: asyncio.Task[None] | None = None  # the batch being written now
-        self._pruned_at = time.monotonic()
         self._followed: dict[str, float] = {}  # stream key -> until when
         self._closed = False
 
@@ -128,20 +123,9 @@ class FrameJournal:
             # while later ones (a stream's terminal frame) are written by close().
             self._writing = asyncio.create_task(self._write(), name="frame-journal-write")
             await asyncio.shield(self._writing)
-            now = time.monotonic()
             if self._followed:
+                now = time.monotonic()
                 self._followed = {k: t for k, t in self._followed.items() if t > now}
-            if now - self._pruned_at > PRUNE_INTERVAL_S:
-                self._pruned_at = now
-                await self._prune()
-
-    async def _prune(self) -> None:
-        try:
-            await self._store.prune_streams(self._retention_s, ABANDONED_S)
-            await self._store.prune_rate_windows()
-            await self._store.prune_chapter_jobs()
-        except ChatError as exc:
-            log.warning("pruning old streams failed: %s", exc.message)
 
     async def _write(self) -> None:
         batch, self._batch = self._batch, _Batch()
@@ -153,6 +137,7 @@ class FrameJournal:
                 batch.frames,
                 [(key, *rest) for key, rest in batch.progress.items()],
                 PROCESS_ID,
+                [(FRAMES, keys) for keys in batches(sorted(batch.progress))],
             )
         except asyncpg.PostgresError:  # this batch cannot be stored; the journal must go on
             log.exception("frame journal dropped a batch it could not store")

@@ -21,6 +21,8 @@ from server.store import Store
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10.0
+PRUNE_INTERVAL_S = 60.0
+ABANDONED_S = 3600.0  # an unfinished stream nobody wrote to for an hour lost its process
 BUS_WAIT_S = 2.0
 SYNC_DELAY_S = 0.2  # changes within this window go out in one presence update
 
@@ -38,6 +40,7 @@ class Cluster:
         self.bus: Bus | None = None
         self._watchers: defaultdict[str, set[Callable[[], None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
         self._others_alive = True  # until the first heartbeat says otherwise
         self._newcomer = asyncio.Event()  # another process started
@@ -54,6 +57,7 @@ class Cluster:
             self.bus.on(PRESENCE, self._on_newcomer)
             self.bus.start()
         self._task = asyncio.create_task(self._presence_loop(), name="presence")
+        self._housekeeping = asyncio.create_task(self._prune_loop(), name="prune")
 
     def on(self, channel: str, handler: Callable[[str], None]) -> None:
         """Call `handler(payload)` for notifications on `channel` from any process, if listening."""
@@ -79,6 +83,17 @@ class Cluster:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), HEARTBEAT_S)
             await asyncio.sleep(SYNC_DELAY_S)
+
+    async def _prune_loop(self) -> None:
+        """Forget what outlived its use: streams past retention, rate windows, chapter claims."""
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+            try:
+                await self._store.prune_streams(self._settings.resume_retention_s, ABANDONED_S)
+                await self._store.prune_rate_windows()
+                await self._store.prune_chapter_jobs()
+            except ChatError as exc:
+                log.warning("pruning failed: %s", exc.message)
 
     async def _announce(self) -> None:
         if self.bus is not None:  # listening first: of two starting together, one hears the other
@@ -120,10 +135,9 @@ class Cluster:
         record = await self._store.stream_record(
             user_id, stream_id, self._settings.resume_retention_s
         )
-        if record is None or record[3]:
+        if record is None or record.finished:
             return False
-        key = record[0]
-        await self._store.notify(CANCEL, SEP.join((user_id, stream_id, key)))
+        await self._store.notify(CANCEL, SEP.join((user_id, stream_id, record.key)))
         return True
 
     def _on_cancel(self, payload: str) -> None:
@@ -159,10 +173,11 @@ class Cluster:
 
     async def close(self) -> None:
         """Stop, and tell the others this process's users are gone."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._housekeeping):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.bus is not None:
             await self.bus.close()
         with contextlib.suppress(ChatError):

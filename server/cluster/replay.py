@@ -11,9 +11,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from protocol import codec
-from protocol.codes import ErrorCode
-from protocol.frames import Error
-from server.errors import ChatError, InvalidMessage
+from protocol.contract import is_terminal
+from server.errors import ChatError, InvalidMessage, UpstreamUnavailable
 from server.store import Store
 
 log = logging.getLogger(__name__)
@@ -22,7 +21,6 @@ JOURNAL_LAG_S = 1.0  # how long the journal may trail the process generating a s
 POLL_S = 1.0  # without notifications (no listener, or a pooled connection) polling still finishes the job
 FOLLOW_RENEW_S = 30.0  # the owner flushes a followed stream promptly for 60 s per request
 STALLED_S = 60.0  # an unfinished stream with no new frame for this long lost its process
-_TERMINAL = ('{"type":"done"', '{"type":"error"')
 
 
 class Reader(Protocol):
@@ -79,17 +77,16 @@ class StoredStream:
             record = await store.stream_record(user_id, stream_id, retention_s)
         if record is None:
             return None
-        key, _owner, last_seq, finished = record
-        if finished and after_seq > last_seq:
+        if record.finished and after_seq > record.last_seq:
             raise InvalidMessage(
-                f"after_seq {after_seq} is past the stream's last frame ({last_seq})"
+                f"after_seq {after_seq} is past the stream's last frame ({record.last_seq})"
             )
-        stream = cls(store, stream_id, key, reader, watcher)
+        stream = cls(store, stream_id, record.key, reader, watcher)
         stream._seq = after_seq
         await stream._fetch()
         if not stream.ended:
             if watcher is not None:
-                watcher.watch(key, stream._new_frames.set)
+                watcher.watch(record.key, stream._new_frames.set)
             stream._task = asyncio.create_task(stream._follow(), name=f"follow:{stream_id}")
         return stream
 
@@ -99,7 +96,7 @@ class StoredStream:
             data = frame
             self._frames.append(data)
             self._seq = seq
-            self.ended = self.ended or data.startswith(_TERMINAL)
+            self.ended = self.ended or is_terminal(data)
         if rows:
             self._last_progress = time.monotonic()
             if self.consumer is not None:
@@ -119,17 +116,8 @@ class StoredStream:
             except ChatError:
                 continue
             if not self.ended and time.monotonic() - self._last_progress > STALLED_S:
-                self._frames.append(
-                    codec.encode(
-                        Error(
-                            code=ErrorCode.UPSTREAM_UNAVAILABLE,
-                            message="the server generating this stream went away; ask again",
-                            retryable=True,
-                            id=self.id,
-                            seq=self._seq + 1,
-                        )
-                    ).decode()
-                )
+                gone = UpstreamUnavailable("the server generating this stream went away; ask again")
+                self._frames.append(codec.encode(gone.frame(self.id, self._seq + 1)).decode())
                 self.ended = True
                 if self.consumer is not None:
                     self.consumer.wake(self)

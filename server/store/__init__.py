@@ -6,7 +6,7 @@ from server.store.base import MIGRATIONS_DIR, StoreBase
 from server.store.book import BookQueries, CachedChapter, ChapterRow, SectionRow
 from server.store.conversations import ConversationQueries, MessageOutcome, Turn
 from server.store.jobs import ChapterJobQueries
-from server.store.sessions import PresenceQueries, SessionQueries
+from server.store.sessions import PresenceQueries, SessionQueries, StreamRecord
 
 
 class Store(BookQueries, ConversationQueries, SessionQueries, PresenceQueries, ChapterJobQueries):
@@ -21,5 +21,6 @@ __all__ = [
     "SectionRow",
     "Store",
     "StoreBase",
+    "StreamRecord",
     "Turn",
 ]

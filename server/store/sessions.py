@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from server.cluster.bus import FRAMES, batches
+import dataclasses
+from collections.abc import Sequence
+
 from server.store.base import StoreBase
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """A journaled stream as the `streams` table has it."""
+
+    key: str
+    owner: str
+    last_seq: int
+    finished: bool
 
 
 class SessionQueries(StoreBase):
@@ -15,8 +27,10 @@ class SessionQueries(StoreBase):
         frames: list[tuple[str, int, str]],
         progress: list[tuple[str, str, str, int, bool]],
         owner: str,
+        notices: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Persist a batch: new streams, their frames, and how far each got."""
+        """Persist a batch: new streams, their frames, and how far each got; the `notices`
+        (channel, payload) go out when it commits."""
         async with self._conn() as conn, conn.transaction():
             for user_id, stream_id, key, kind in starts:
                 await conn.execute(
@@ -37,8 +51,8 @@ class SessionQueries(StoreBase):
                     records=_runs(frames),
                     columns=("stream_key", "first_seq", "last_seq", "frames"),
                 )
-            for payload in batches(sorted({key for key, *_ in progress})):
-                await conn.execute("SELECT pg_notify($1, $2)", FRAMES, payload)
+            for channel, payload in notices:
+                await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
             if progress:
                 await conn.executemany(
                     "UPDATE streams SET last_seq = $4, finished = $5, updated_at = now()"
@@ -53,15 +67,17 @@ class SessionQueries(StoreBase):
 
     async def stream_record(
         self, user_id: str, stream_id: str, max_age_s: float
-    ) -> tuple[str, str, int, bool] | None:
-        """(key, owner, last_seq, finished) of a user's stream touched within `max_age_s`, or None."""
+    ) -> StreamRecord | None:
+        """A user's stream touched within `max_age_s`, or None."""
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 "SELECT stream_key, owner, last_seq, finished FROM streams WHERE user_id = $1 AND stream_id = $2"
                 " AND updated_at > now() - make_interval(secs => $3)",
                 user_id, stream_id, max_age_s,
             )  # fmt: skip
-        return (row["stream_key"], row["owner"], row["last_seq"], row["finished"]) if row else None
+        if row is None:
+            return None
+        return StreamRecord(row["stream_key"], row["owner"], row["last_seq"], row["finished"])
 
     async def stream_frames(self, key: str, after_seq: int) -> list[tuple[int, str]]:
         """Stored frames of one stream after `after_seq`, in order."""

@@ -28,7 +28,7 @@ from protocol import codec
 from protocol.profile import Profile
 from server.auth import Identity, mint_token, signing_secret
 from server.chat.connection import Connection
-from server.errors import HTTP_STATUS, ChatError, InvalidMessage, NotFound, Unauthorized
+from server.errors import ChatError, InvalidMessage, NotFound, Unauthorized
 from server.metrics import exposition
 from server.profiles import reader_profile
 from server.services import Services
@@ -49,8 +49,8 @@ def _error_body(exc: ChatError) -> dict[str, Any]:
 
 
 def _error(exc: ChatError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if HTTP_STATUS[exc.code] == 401 else None
-    return JSONResponse(_error_body(exc), status_code=HTTP_STATUS[exc.code], headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    return JSONResponse(_error_body(exc), status_code=exc.http_status, headers=headers)
 
 
 async def _bearer(request: Request) -> Identity:

@@ -11,7 +11,8 @@ import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from protocol.codes import CloseCode
-from server.chat.connection import MAX_FRAME_BYTES, Connection
+from protocol.limits import MAX_FRAME_BYTES
+from server.chat.connection import Connection
 from server.services import Services
 
 log = logging.getLogger(__name__)

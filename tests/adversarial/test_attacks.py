@@ -222,8 +222,7 @@ async def guarded(services: Services, keys: Keys) -> AsyncIterator[LiveServer]:
     """A server accepting HS256 (shared secret) and the JWKS algorithms, checking iss and aud."""
     app = Starlette(routes=[Route("/jwks", Jwks(keys).endpoint)])
     async with AppServer(app) as issuer:
-        settings = dataclasses.replace(
-            services.settings,
+        settings = services.settings.replace(
             jwt_secret=JWT_SECRET,
             jwks_url=f"{issuer.http_url}/jwks",
             jwt_issuer=ISSUER,

@@ -87,7 +87,7 @@ async def test_a_model_that_keeps_failing_ends_the_stream_in_time(
 @contextlib.asynccontextmanager
 async def model_timeout(services: Services, seconds: float) -> AsyncIterator[LiveServer]:
     """A server whose model client gives up reading after `seconds`."""
-    settings = dataclasses.replace(services.settings, model_timeout_s=seconds)
+    settings = services.settings.replace(model_timeout_s=seconds)
     client = openai_client(settings)
     model = OpenAIChatModel(client, settings.chat_model, max_tokens=settings.max_answer_tokens)
     try:
@@ -181,7 +181,7 @@ async def test_an_abandoned_stream_closes_its_upstream_after_the_grace_period(
     services: Services, fake_llm: FakeLLM
 ) -> None:
     grace = 0.5
-    settings = dataclasses.replace(services.settings, resume_grace_s=grace)
+    settings = services.settings.replace(resume_grace_s=grace)
     with model_config(fake_llm, tokens_per_answer=400, tokens_per_second=20):
         async with LiveServer(dataclasses.replace(services, settings=settings)) as server:
             async with connect(server.ws_url, token_for("leaver")) as chat:
@@ -466,7 +466,7 @@ async def test_sigterm_under_load_loses_nothing(
         mine = [f for f in frames if f.get("id") == "s1"]
         record = await store.stream_record(user, "s1", 600)
         assert record is not None, user
-        journal = dict(await store.stream_frames(record[0], 0))
+        journal = dict(await store.stream_frames(record.key, 0))
         for f in mine:
             assert json.loads(journal[f["seq"]]) == f, (user, f["seq"])
             frames_checked += 1

@@ -153,9 +153,7 @@ async def dev_server(
     services: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[LiveServer]:
     """The app as `make serve` runs it: no auth configured, a dev secret, on loopback."""
-    settings = dataclasses.replace(
-        services.settings, jwt_secret=None, data_dir=tmp_path_factory.mktemp("dev")
-    )
+    settings = services.settings.replace(jwt_secret=None, data_dir=tmp_path_factory.mktemp("dev"))
     secret = await asyncio.to_thread(signing_secret, settings, loopback=True)
     dev = dataclasses.replace(
         services, settings=settings, verifier=TokenVerifier(settings, secret, services.http)
@@ -388,7 +386,7 @@ async def test_rate_limited_waits_for_retry_after(
     open_tab: OpenTab, services: Services, fake_llm: FakeLLM
 ) -> None:
     strict = dataclasses.replace(
-        services, settings=dataclasses.replace(services.settings, requests_per_minute=1)
+        services, settings=services.settings.replace(requests_per_minute=1)
     )
     async with LiveServer(strict) as server:
         tab = await open_tab("/", user="eager", server=server)

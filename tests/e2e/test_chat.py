@@ -172,7 +172,7 @@ async def test_cancel_closes_the_upstream_stream_and_keeps_the_partial_answer(
 async def test_a_dropped_stream_is_interrupted_after_the_grace_period(
     services: Services, slow_llm: FakeLLM
 ) -> None:
-    settings = dataclasses.replace(services.settings, resume_grace_s=0.5)
+    settings = services.settings.replace(resume_grace_s=0.5)
     async with LiveServer(dataclasses.replace(services, settings=settings)) as server:
         disconnected = slow_llm.streams_disconnected
         async with connect(server.ws_url, token_for("gina")) as chat:
@@ -339,7 +339,7 @@ async def test_extractive_mode_without_a_model(services: Services) -> None:
 
 
 async def test_origin_enforced_when_configured(services: Services) -> None:
-    settings = dataclasses.replace(services.settings, allowed_origins=("https://book.example.com",))
+    settings = services.settings.replace(allowed_origins=("https://book.example.com",))
     guarded = dataclasses.replace(services, settings=settings)
     async with LiveServer(guarded) as server:
         with pytest.raises(websockets.InvalidStatus) as refused:
@@ -354,7 +354,7 @@ async def test_origin_enforced_when_configured(services: Services) -> None:
 
 
 async def test_auth_timeout_closes_4408(services: Services) -> None:
-    settings = dataclasses.replace(services.settings, auth_timeout_s=0.3)
+    settings = services.settings.replace(auth_timeout_s=0.3)
     async with LiveServer(dataclasses.replace(services, settings=settings)) as server:
         async with websockets.connect(server.ws_url) as ws:
             with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -460,7 +460,7 @@ async def test_metrics_and_where_the_first_delta_time_went(
 
 
 async def test_cors_for_the_http_api_follows_allowed_origins(services: Services) -> None:
-    settings = dataclasses.replace(services.settings, allowed_origins=("https://book.example.com",))
+    settings = services.settings.replace(allowed_origins=("https://book.example.com",))
     allowed = {
         "Origin": "https://book.example.com",
         "Access-Control-Request-Method": "PUT",

@@ -109,11 +109,15 @@ async def test_resume_from_the_journal_on_another_server(
             frames = await chat.ask("j1", "What is action chunking?")
         assert frames[-1]["type"] == "done"
         await first.services.journal.flush()
-    async with server_with(services) as second, connect(second.ws_url, token) as chat:
-        await chat.send(type="resume", id="j1", after_seq=3)
-        replay = await chat.stream("j1")
-        await chat.send(type="resume", id="j1", after_seq=999)
-        assert (await chat.recv())["code"] == "invalid_message"
+    async with server_with(services) as second:
+        async with connect(second.ws_url, token) as chat:
+            await chat.send(type="resume", id="j1", after_seq=3)
+            replay = await chat.stream("j1")
+            await chat.send(type="resume", id="j1", after_seq=0)  # attached here already
+            assert (await chat.recv())["code"] == "duplicate_id"
+        async with connect(second.ws_url, token) as chat:
+            await chat.send(type="resume", id="j1", after_seq=999)
+            assert (await chat.recv())["code"] == "invalid_message"
     assert replay == frames[3:]
 
 
