@@ -91,7 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return serve_workers(
                     settings, args.host, args.port, args.workers, loopback=loopback
                 )
-            return run_coroutine(_serve(settings, args.host, args.port))
+            from server.web.serve import run
+
+            if not settings.auth_configured:
+                log.info(
+                    "dev mode (no JWT_SECRET/JWKS_URL): get a token with `textbook-chat token --sub YOU`"
+                )
+            loopback = is_loopback_host(args.host)
+            return run_coroutine(run(settings, args.host, args.port, loopback=loopback))
         if args.command == "ingest":
             return run_coroutine(_ingest(settings, args.path, args.base_url, args.recreate))
         if args.command == "migrate":
@@ -123,25 +130,6 @@ def run_coroutine(coro: Coroutine[Any, Any, int]) -> int:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
-
-
-async def _serve(settings: Settings, host: str, port: int) -> int:
-    from server.services import Services
-    from server.web.app import create_app
-    from server.web.serve import make_server
-
-    services = await Services.start(settings, loopback=is_loopback_host(host))
-    if not settings.auth_configured:
-        log.info(
-            "dev mode (no JWT_SECRET/JWKS_URL): get a token with `textbook-chat token --sub YOU`"
-        )
-    try:
-        app = create_app(settings, services=services, close_services=True)
-        await make_server(app, services, host, port, freeze_gc=True).serve()
-    except BaseException:
-        await services.close()  # the lifespan may never have run (e.g. the port was taken)
-        raise
-    return 0
 
 
 async def _ingest(settings: Settings, path: Path, base_url: str, recreate: bool) -> int:

@@ -69,7 +69,13 @@ class Connection:
         self.rules = ChatConnection(self.limits, session_id=str(uuid.uuid4()))
         self.identity: Identity | None = None  # the last verified token's
         self.streams: dict[str, Stream | StoredStream] = {}
-        self._outbox = Outbox(ws, self, send_timeout_s=s.slow_client_s, too_slow=self._too_slow)
+        self._outbox = Outbox(
+            ws,
+            self,
+            send_timeout_s=s.slow_client_s,
+            too_slow=self._too_slow,
+            control_limit=self.limits.control_frames,
+        )
         self._timers: dict[Timer, asyncio.TimerHandle] = {}
         self._registered = False
 
@@ -100,6 +106,8 @@ class Connection:
                     return
                 actions = self.rules.receive(message.get("text"), time.monotonic())
                 await self._carry_out(actions)
+                if self._outbox.backlogged:  # read no more until the answers went out
+                    await self._outbox.drained()
         except WebSocketDisconnect:
             pass
         finally:
@@ -164,8 +172,7 @@ class Connection:
     def _send(self, frame: object) -> None:
         if isinstance(frame, Error):
             ERRORS.labels(frame.code.value).inc()
-        if not self._outbox.control(codec.encode(frame).decode()):
-            self.close(CloseCode.POLICY_VIOLATION, "too many frames without reading the answers")
+        self._outbox.control(codec.encode(frame).decode())
 
     def _set_timer(self, timer: Timer, delay_s: float | None) -> None:
         old = self._timers.pop(timer, None)

@@ -10,9 +10,9 @@ from typing import Protocol
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol.codes import CloseCode
+from protocol.limits import DEFAULT_LIMITS
 from server.chat.stream import Stream
 
-CONTROL_FRAMES = 64  # queued pongs and errors before the peer counts as flooding
 _DELTA = '{"type":"delta"'
 
 
@@ -37,6 +37,7 @@ class Outbox:
         *,
         send_timeout_s: float,
         too_slow: Callable[[str], None],
+        control_limit: int = DEFAULT_LIMITS.control_frames,
     ) -> None:
         self._ws = ws
         self._reader = reader  # a stream taken over by another connection is skipped
@@ -46,15 +47,35 @@ class Outbox:
         self._control: list[str] = []  # a few frames at most
         self._ready: dict[int, Source] = {}
         self._waiting: asyncio.Future[None] | None = None
+        self._control_limit = control_limit
+        self._room: asyncio.Future[None] | None = None  # the reader waits for the backlog
+        self._stopped = False
         self.close_request: tuple[int, str] | None = None
 
-    def control(self, data: str) -> bool:
-        """Queue a control frame ahead of the streams; False when the queue is full."""
-        if len(self._control) >= CONTROL_FRAMES:
-            return False
+    def control(self, data: str) -> None:
+        """Queue a control frame ahead of the streams."""
         self._control.append(data)
         self._wake()
-        return True
+
+    @property
+    def backlogged(self) -> bool:
+        """So many control frames wait that the reader should stop reading until they are sent."""
+        return len(self._control) >= self._control_limit and not self._stopped
+
+    async def drained(self) -> None:
+        """Wait until the control backlog is below the limit (or the writer stopped): a peer
+        that sends faster than it reads its answers is slowed down, and one that does not read
+        at all is closed by the send timeout, not for sending quickly."""
+        while self.backlogged:
+            self._room = asyncio.get_running_loop().create_future()
+            try:
+                await self._room
+            finally:
+                self._room = None
+
+    def _make_room(self) -> None:
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
 
     def ready(self, source: Source) -> None:
         """`source` has frames to send."""
@@ -68,6 +89,7 @@ class Outbox:
     def drop_control(self) -> None:
         """Forget the control frames not sent yet."""
         self._control.clear()
+        self._make_room()
 
     def close(self, code: int, reason: str = "") -> None:
         """Close after the control frames already queued."""
@@ -81,7 +103,10 @@ class Outbox:
 
     def _next(self) -> tuple[str, Source | None] | None:
         if self._control:
-            return self._control.pop(0), None
+            control = self._control.pop(0)
+            if len(self._control) < self._control_limit:
+                self._make_room()
+            return control, None
         if self.close_request is not None:
             return None
         while self._ready:
@@ -124,3 +149,6 @@ class Outbox:
                     self._too_slow("the client stopped reading")
         except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
             self.close_request = self.close_request or (CloseCode.NORMAL, "")
+        finally:
+            self._stopped = True
+            self._make_room()

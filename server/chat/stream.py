@@ -21,7 +21,7 @@ from protocol.frames import Delta, Done, StreamFrame, Timings
 from server.chat import lifecycle
 from server.chat.lifecycle import StreamWork
 from server.errors import ChatError
-from server.metrics import DELTA_GAP, FIRST_DELTA, LIVE_STREAMS, SERVER_ADDED
+from server.metrics import DELTA_GAP, FIRST_DELTA, LIVE_STREAMS, MERGES, SERVER_ADDED
 
 MAX_MERGED_DELTA = 65_536  # characters in one merged delta frame
 
@@ -96,6 +96,8 @@ class Stream:
             ):
                 last = _Pending(Delta, {})
                 self._tail.append(last)
+            else:
+                MERGES.inc()  # the reader is behind: this delta joins the waiting one
             last.texts.append(text)
             last.size += len(text)
             self._tail_chars += len(text)

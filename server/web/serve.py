@@ -14,6 +14,7 @@ from protocol.codes import CloseCode
 from protocol.limits import MAX_FRAME_BYTES
 from server.chat.connection import Connection
 from server.services import Services
+from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +99,27 @@ def make_server(
         **overrides,
     }
     return DrainingServer(uvicorn.Config(app, **options), services, freeze_gc=freeze_gc)
+
+
+async def run(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    loopback: bool,
+    replica: bool = False,
+    sock: socket.socket | None = None,
+) -> int:
+    """Build the services and serve until stopped (`sock`: a socket bound by the parent of
+    `--workers`; `replica`: serve from a private copy of the embedded index)."""
+    from server.web.app import create_app
+
+    services = await Services.start(settings, loopback=loopback, replica=replica)
+    try:
+        app = create_app(settings, services=services, close_services=True)
+        server = make_server(app, services, host, port, freeze_gc=True)
+        await server.serve(sockets=[sock] if sock is not None else None)
+    except BaseException:
+        await services.close()  # the lifespan may never have run (e.g. the port was taken)
+        raise
+    return 0

@@ -75,21 +75,6 @@ def _worker(host: str, port: int, sock: socket.socket, loopback: bool) -> None:
 
     settings = Settings.from_env()
     configure_logging(settings)
-    run_coroutine(_serve_worker(settings, host, port, sock, loopback))
+    from server.web.serve import run
 
-
-async def _serve_worker(
-    settings: Settings, host: str, port: int, sock: socket.socket, loopback: bool
-) -> int:
-    from server.services import Services
-    from server.web.app import create_app
-    from server.web.serve import make_server
-
-    services = await Services.start(settings, loopback=loopback, replica=True)
-    try:
-        app = create_app(settings, services=services, close_services=True)
-        await make_server(app, services, host, port, freeze_gc=True).serve(sockets=[sock])
-    except BaseException:
-        await services.close()
-        raise
-    return 0
+    run_coroutine(run(settings, host, port, loopback=loopback, replica=True, sock=sock))

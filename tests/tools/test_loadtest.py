@@ -18,6 +18,7 @@ from websockets.asyncio.server import ServerConnection
 from server.errors import ConfigError
 from server.tools.client import WireFrame, WireUsage
 from server.tools.fake_llm import FakeLLM
+from server.tools.loadtest.chart import write_png
 from server.tools.loadtest.config import LoadConfig, parse_mix, parse_users, tokens_for
 from server.tools.loadtest.engine import Snapshot, StreamTracker, run_load
 from server.tools.loadtest.report import (
@@ -27,7 +28,6 @@ from server.tools.loadtest.report import (
     histogram_bin,
     histogram_percentile,
     percentile,
-    write_png,
 )
 from tests.conftest import JWT_SECRET, ROOT, LiveServer, free_port, model_config
 

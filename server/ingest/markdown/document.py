@@ -7,10 +7,12 @@ import posixpath
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from server.ingest.markdown.chunks import SectionText, draft_chunks
+from server.ingest.markdown.frontmatter import front_matter_text, parse_front_matter
 from server.ingest.markdown.order import (
     BookError,
     DocPlace,
@@ -27,7 +29,6 @@ from server.ingest.markdown.syntax import (
     heading_parts,
     inline_text,
     parse_blocks,
-    parse_front_matter,
     split_lines,
     walk,
 )
@@ -92,12 +93,12 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _split_front_matter(text: str) -> tuple[dict[str, str], str]:
+def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     lines = split_lines(text)
     if lines and lines[0].rstrip() == "---":
         for n in range(1, len(lines)):
             if lines[n].rstrip() == "---":
-                meta = parse_front_matter([line.rstrip("\r\n") for line in lines[1:n]])
+                meta = parse_front_matter("".join(lines[1:n]))
                 return meta, "".join(lines[n + 1 :])
     return {}, text
 
@@ -194,7 +195,7 @@ def parse_chapter(
     source_path = source_path.replace("\\", "/").lstrip("/")
     directory = posixpath.dirname(source_path)
     stem = posixpath.splitext(posixpath.basename(source_path))[0]
-    front_id = meta.get("id", "").strip()
+    front_id = front_matter_text(meta, "id")
     stripped_dir = "/".join(strip_number_prefix(p)[0] for p in directory.split("/") if p)
     # Docusaurus's own doc id: what the site's pages (and so the widget) know a chapter by.
     doc_id = posixpath.join(stripped_dir, front_id or strip_number_prefix(stem)[0])
@@ -209,13 +210,15 @@ def parse_chapter(
         None,
     )
     title = (
-        meta.get("title", "").strip() or (inline_text(h1).strip() if h1 else "") or _humanise(stem)
+        front_matter_text(meta, "title")
+        or (inline_text(h1).strip() if h1 else "")
+        or _humanise(stem)
     )
     return Chapter(
         id=chapter_id,
         doc_id=doc_id,
         title=title,
-        url=_route(doc_id, source_path, meta.get("slug", "").strip() or None, base_url),
+        url=_route(doc_id, source_path, front_matter_text(meta, "slug") or None, base_url),
         source_path=source_path,
         position=position,
         content_hash=sha256(markdown),
@@ -298,7 +301,7 @@ def load_book(root: Path, base_url: str = "/docs") -> list[Chapter]:
         except (OSError, UnicodeDecodeError) as exc:
             raise BookError(f"cannot read doc {path}: {exc}") from exc
         meta = _split_front_matter(text)[0]
-        if meta.get("draft", "").lower() == "true":
+        if front_matter_text(meta, "draft") == "true":
             continue  # Docusaurus leaves drafts out of the published site
         chapters[rel] = parse_chapter(text, rel, base_url)
         places[rel] = DocPlace(chapters[rel].doc_id, sidebar_number(meta.get("sidebar_position")))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.errors import ConfigError
-from server.ingest.markdown.syntax import parse_front_matter
+from server.ingest.markdown.frontmatter import parse_front_matter
 
 DOC_SUFFIXES = (".md", ".mdx")
 CATEGORY_FILES = ("_category_.json", "_category_.yml", "_category_.yaml")
@@ -91,9 +91,7 @@ def _category(folder: Path) -> _Category:
                     raise ValueError("expected a JSON object")
                 data = loaded
             else:
-                data = dict(parse_front_matter(text.splitlines()))
-                doc = re.search(r"type:\s*doc\b.*?\bid:\s*['\"]?([^\s'\"]+)", text, re.S)
-                data["link"] = {"type": "doc", "id": doc.group(1)} if doc else data.get("link")
+                data = parse_front_matter(text)
         except (OSError, ValueError) as exc:
             raise BookError(f"cannot read category file {path}: {exc}") from exc
         link = data.get("link")

@@ -333,29 +333,6 @@ def walk(blocks: list[Block] | tuple[Block, ...]) -> list[Block]:
     return out
 
 
-def parse_front_matter(lines: list[str]) -> dict[str, str]:
-    """YAML-ish `key: value` pairs; nested and list values are kept as raw text."""
-    values: dict[str, str] = {}
-    key = ""
-    for line in lines:
-        m = re.match(r"^(?P<key>[A-Za-z_][\w-]*)[ \t]*:[ \t]*(?P<value>.*)$", line)
-        if m:
-            key = m.group("key")
-            values[key] = _yaml_scalar(m.group("value").strip())
-        elif key and line.strip():
-            joined = (values[key] + " " + line.strip()).strip()
-            values[key] = joined.removeprefix("| ").removeprefix("> ")
-    return values
-
-
-def _yaml_scalar(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == "'":
-        return value[1:-1].replace("''", "'")
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    return re.sub(r"[ \t]+#.*$", "", value)
-
-
 def heading_parts(line: str) -> tuple[int, str, str | None]:
     """(level, markdown text, custom id) of an ATX heading line."""
     m = HEADING.match(line.rstrip("\r\n"))

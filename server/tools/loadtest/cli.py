@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from server.errors import ConfigError
+from server.tools.loadtest import chart
 from server.tools.loadtest.config import (
     DEFAULT_URL,
     DEFAULT_USER_PREFIX,
@@ -18,7 +19,6 @@ from server.tools.loadtest.config import (
     parse_users,
 )
 from server.tools.loadtest.engine import Snapshot, run_load
-from server.tools.loadtest.report import write_png
 
 
 def _arguments() -> argparse.ArgumentParser:
@@ -106,7 +106,7 @@ async def _main(args: argparse.Namespace) -> int:
     if args.json is not None:
         await asyncio.to_thread(args.json.write_bytes, report.to_json())
     if args.png is not None:
-        await asyncio.to_thread(write_png, report, args.png)
+        await asyncio.to_thread(chart.write_png, report, args.png)
     return 1 if report.streams.ok == 0 or report.violations else 0
 
 
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     """`textbook-chat loadtest ...`; returns the exit status."""
     args = _arguments().parse_args(argv)
     try:
+        if args.png is not None:
+            chart.check_available()
         try:
             import uvloop
         except ImportError:

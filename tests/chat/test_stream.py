@@ -1,0 +1,156 @@
+"""Stream numbering, delta merging for slow readers and replay (server/chat/stream.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from protocol.contract import StreamContract
+from protocol.frames import Delta, Sources, Start
+from server.chat.stream import MAX_MERGED_DELTA, Stream
+from server.errors import RateLimited
+
+
+class Reader:
+    """A consumer that counts its wake-ups and takes frames when told."""
+
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def wake(self, stream: Stream) -> None:
+        self.wakes += 1
+
+
+class Journal:
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, str]] = []
+
+    def frame(self, stream: Stream, seq: int, data: str) -> None:
+        self.frames.append((seq, data))
+
+
+def drain(stream: Stream) -> list[dict[str, Any]]:
+    frames = []
+    while (data := stream.take()) is not None:
+        frames.append(json.loads(data))
+    return frames
+
+
+def checked(frames: list[dict[str, Any]], after_seq: int = 0) -> list[dict[str, Any]]:
+    contract = StreamContract(after_seq)
+    for f in frames:
+        assert contract.check(f["type"], f["seq"]) is None, f
+    return frames
+
+
+def test_without_a_reader_every_frame_is_committed_and_journaled_at_once() -> None:
+    journal = Journal()
+    stream = Stream("s", "u", "answer", journal)
+    stream.emit(Start, message_id="m")
+    stream.emit(Delta, text="a")
+    stream.emit(Delta, text="b")
+    stream.done(finish_reason="stop", timings=stream.timings())
+    assert [seq for seq, _ in journal.frames] == [1, 2, 3, 4]
+    assert stream.seq == 4 and len(stream.log) == 4 and stream.ended
+
+
+def test_a_slow_reader_gets_consecutive_deltas_merged_in_order() -> None:
+    stream = Stream("s", "u", "answer")
+    reader = Reader()
+    stream.attach(reader, 0)
+    stream.emit(Start, message_id="m")
+    stream.emit(Sources, sources=[])
+    for piece in ("The ", "zero-", "moment ", "point"):
+        stream.emit(Delta, text=piece)
+    assert stream.seq == 0 and stream.buffered_chars() == len("The zero-moment point")
+    frames = checked(drain(stream))
+    assert [f["type"] for f in frames] == ["start", "sources", "delta"]
+    assert frames[2]["text"] == "The zero-moment point" and frames[2]["seq"] == 3
+    assert reader.wakes == 6 and stream.buffered_chars() == 0
+
+
+def test_a_reader_that_keeps_up_gets_each_delta_alone() -> None:
+    stream = Stream("s", "u", "answer")
+    stream.attach(Reader(), 0)
+    stream.emit(Start, message_id="m")
+    texts = []
+    for piece in ("a", "b", "c"):
+        stream.emit(Delta, text=piece)
+        texts += [f.get("text") for f in drain(stream)]
+    assert texts == [None, "a", "b", "c"]
+
+
+def test_merging_stops_at_the_frame_size_bound() -> None:
+    stream = Stream("s", "u", "answer")
+    stream.attach(Reader(), 0)
+    stream.emit(Start, message_id="m")
+    chunk = "x" * (MAX_MERGED_DELTA // 2 + 1)
+    for _ in range(3):
+        stream.emit(Delta, text=chunk)
+    frames = checked(drain(stream))
+    assert [len(f.get("text", "")) for f in frames[1:]] == [len(chunk)] * 3
+
+
+def test_resume_replays_after_seq_then_the_live_rest() -> None:
+    stream = Stream("s", "u", "answer")
+    stream.emit(Start, message_id="m")
+    for piece in "abcd":
+        stream.emit(Delta, text=piece)
+    reader = Reader()
+    stream.attach(reader, 2)
+    assert reader.wakes == 1
+    stream.emit(Delta, text="e")
+    stream.done(finish_reason="stop", timings=stream.timings())
+    frames = checked(drain(stream), after_seq=2)
+    assert [f.get("text") for f in frames] == ["b", "c", "d", "e", None]
+    assert frames[-1]["type"] == "done"
+
+
+def test_detaching_commits_what_waited_for_the_reader() -> None:
+    journal = Journal()
+    stream = Stream("s", "u", "answer", journal)
+    reader = Reader()
+    stream.attach(reader, 0)
+    stream.emit(Start, message_id="m")
+    stream.emit(Delta, text="x")
+    assert journal.frames == []
+    stream.detach(reader)
+    assert [seq for seq, _ in journal.frames] == [1, 2] and stream.consumer is None
+
+
+def test_an_error_ends_the_stream_with_its_code_and_seq() -> None:
+    stream = Stream("s", "u", "answer")
+    stream.fail(RateLimited("slow down", retry_after=3.0))
+    (error,) = drain(stream)
+    assert error == {
+        "type": "error",
+        "code": "rate_limited",
+        "message": "slow down",
+        "retryable": True,
+        "id": "s",
+        "seq": 1,
+        "retry_after": 3.0,
+    }
+
+
+def test_nothing_follows_the_terminal_frame() -> None:
+    stream = Stream("s", "u", "answer")
+    stream.done(finish_reason="stop", timings=stream.timings())
+    with pytest.raises(RuntimeError, match="second terminal"):
+        stream.done(finish_reason="stop", timings=stream.timings())
+    with pytest.raises(RuntimeError, match="after its terminal"):
+        stream.emit(Delta, text="late")
+
+
+def test_timings_count_from_the_first_delta() -> None:
+    stream = Stream("s", "u", "answer")
+    stream.emit(Start, message_id="m")
+    assert stream.first_delta_ms is None
+    stream.emit(Delta, text="a")
+    first = stream.first_delta_ms
+    assert first is not None
+    timings = stream.timings(retrieval_ms=1.23456, db_ms=None)
+    assert timings.first_token_ms == round(first, 2) and timings.retrieval_ms == 1.235
+    assert timings.db_ms is None
