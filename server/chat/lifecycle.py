@@ -46,6 +46,8 @@ async def run(work: StreamWork, stream: Stream) -> None:
     """Run `work` on `stream` to its one terminal frame."""
     error: ChatError | None = None
     try:
+        if stream.cancel_requested:  # before the task first ran
+            raise asyncio.CancelledError
         await work.produce(stream)
         outcome = Outcome.COMPLETE
     except asyncio.CancelledError:

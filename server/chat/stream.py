@@ -75,6 +75,8 @@ class Stream:
         self.first_delta_ms: float | None = None  # since the stream began, when it was emitted
         self._tail: deque[_Pending] = deque()
         self._tail_chars = 0
+        self.cancel_requested = False
+        self._running = False
 
     # ---- producing ---------------------------------------------------------------------
 
@@ -195,6 +197,7 @@ class Stream:
         """Run `work` in the stream's own task, to its terminal frame; `on_exit` runs when it ends."""
 
         async def run() -> None:
+            self._running = True
             LIVE_STREAMS.inc()
             try:
                 await lifecycle.run(work, self)
@@ -214,8 +217,11 @@ class Stream:
         """Ask the stream's task to stop; it ends itself with a terminal frame."""
         if self.live and not self.ended:
             self.interrupted = self.interrupted or interrupted
-            assert self.task is not None
-            self.task.cancel()
+            self.cancel_requested = True
+            # A task cancelled before its first step never enters its coroutine, so nothing
+            # would end the stream: one that has not run yet sees the request when it starts.
+            if self._running and self.task is not None:
+                self.task.cancel()
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the stream was created."""
