@@ -1,14 +1,11 @@
 // Better-Auth as a textbook's sign-in server: email and password, with the JWT plugin handing
 // out the short-lived tokens the chat server verifies against /api/auth/jwks. The reader's
 // background lives on the Better-Auth user (additionalFields) and travels in the token, where
-// textbook-chat reads it for personalized chapters.
+// textbook-chat reads it for personalized chapters. The README quotes this file.
 import { betterAuth } from "better-auth";
 import { jwt } from "better-auth/plugins";
 import pg from "pg";
 import * as z from "zod";
-
-const background = z.string().max(2000);
-const level = z.enum(["beginner", "intermediate", "advanced"]);
 
 export function makeAuth(env = process.env) {
   return betterAuth({
@@ -19,19 +16,31 @@ export function makeAuth(env = process.env) {
     telemetry: { enabled: false },
     emailAndPassword: { enabled: true },
     user: {
+      // Better-Auth checks a value only with a validator: these hold textbook-chat's limits, so a
+      // profile the chat server would refuse is refused at sign-up.
       additionalFields: {
-        // Better-Auth stores these as given unless a validator says otherwise (`type` alone is not
-        // checked): the limits are textbook-chat's, so a profile it would refuse is refused here.
-        softwareBackground: { type: "string", required: false, validator: { input: background } },
-        hardwareBackground: { type: "string", required: false, validator: { input: background } },
-        level: { type: "string", required: false, validator: { input: level } },
+        softwareBackground: {
+          type: "string",
+          required: false,
+          validator: { input: z.string().max(2000) },
+        },
+        hardwareBackground: {
+          type: "string",
+          required: false,
+          validator: { input: z.string().max(2000) },
+        },
+        level: {
+          type: "string",
+          required: false,
+          validator: { input: z.enum(["beginner", "intermediate", "advanced"]) },
+        },
       },
     },
     plugins: [
       jwt({
         jwt: {
           expirationTime: env.JWT_EXPIRATION ?? "15m",
-          // The claims textbook-chat reads: sub (added by the plugin) and the reader's profile.
+          // sub is the user id (the plugin adds it); the profile is what textbook-chat reads.
           definePayload: ({ user }) => ({
             name: user.name,
             profile: {
@@ -42,9 +51,8 @@ export function makeAuth(env = process.env) {
           }),
         },
         jwks: {
-          // EdDSA (Ed25519) is the plugin's default; textbook-chat accepts EdDSA, ES256 and RS256.
-          keyPairConfig: { alg: "EdDSA", crv: "Ed25519" },
-          // A rotated key is published beside the old one (which stays for the grace period).
+          keyPairConfig: { alg: "EdDSA", crv: "Ed25519" }, // the default; ES256 and RS256 work too
+          // A new key signs once the current one is this old; the old stays in the JWKS.
           rotationInterval: env.JWKS_ROTATION_SECONDS ? Number(env.JWKS_ROTATION_SECONDS) : undefined,
         },
       }),

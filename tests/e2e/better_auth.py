@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import jwt
+import pytest
 
 from tests.conftest import ROOT, free_port, fresh_database
 from tests.processes import wait_ready
@@ -64,7 +65,10 @@ class BetterAuth:
 
 @contextlib.asynccontextmanager
 async def run_better_auth(admin_dsn: str, tmp: Path, **env: str) -> AsyncIterator[BetterAuth]:
-    """`node server.mjs` on a free port with its own fresh database; stopped afterwards."""
+    """`node server.mjs` on a free port with its own fresh database; stopped afterwards. The test
+    is skipped, saying why, where Node.js or the example's packages are missing."""
+    if why := missing():
+        pytest.skip(why)
     async with fresh_database(admin_dsn) as database_url:
         port = free_port()
         url = f"http://127.0.0.1:{port}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,10 +23,8 @@ from server.fake_llm import FakeLLM
 from server.services import Services
 from server.settings import Settings
 from tests.chat_client import ChatClient, connect, deltas
-from tests.conftest import LiveServer, model_config
-from tests.e2e.better_auth import BetterAuth, Reader, claims, header, missing, run_better_auth
-
-pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
+from tests.conftest import ROOT, LiveServer, model_config
+from tests.e2e.better_auth import EXAMPLE, BetterAuth, Reader, claims, header, run_better_auth
 
 PASSWORD = "correct horse battery staple"
 CHAPTER = "ros2-basics/ros2-services-actions-qos"
@@ -270,3 +269,17 @@ async def test_short_lived_tokens_refresh_over_the_socket_then_expire(
         frames, code = await _refused(server.ws_url, first)
         assert [(f["type"], f.get("code")) for f in frames] == [("error", "token_expired")]
         assert code == 4401
+
+
+def test_the_readme_shows_the_configuration_these_tests_run() -> None:
+    section = (ROOT / "README.md").read_text().split("\n## Better-Auth\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    blocks = dict(re.findall(r"```(sh|js)\n(.*?)\n```", section, re.S))
+    base = "https://auth.example.org"
+    env = dict(line.split("=", 1) for line in blocks["sh"].splitlines())
+    assert env == BetterAuth(base, Path()).chat_env()
+    # the Better-Auth lines are a verbatim excerpt of the file the tests run
+    source = [line.strip() for line in (EXAMPLE / "auth.mjs").read_text().splitlines()]
+    excerpt = [line.strip() for line in blocks["js"].splitlines()]
+    starts = [i for i in range(len(source)) if source[i : i + len(excerpt)] == excerpt]
+    assert starts, "the README's Better-Auth config is not in examples/better-auth/auth.mjs"
