@@ -19,9 +19,9 @@ import pytest
 import websockets
 
 from server.auth import LEEWAY_S, TokenVerifier
-from server.fake_llm import FakeLLM
 from server.services import Services
 from server.settings import Settings
+from server.tools.fake_llm import FakeLLM
 from tests.chat_client import ChatClient, connect, deltas
 from tests.conftest import ROOT, LiveServer, model_config
 from tests.e2e.better_auth import EXAMPLE, BetterAuth, Reader, claims, header, run_better_auth
