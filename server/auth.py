@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 MAX_TOKEN_BYTES = 16_384
 LEEWAY_S = 5
-JWKS_REFETCH_MIN_INTERVAL_S = 30.0
+JWKS_REFETCH_MIN_INTERVAL_S = 1.0
 DEV_SECRET_FILE = "dev-jwt-secret"
 
 
@@ -35,25 +35,34 @@ class Identity:
 
 
 class JwksCache:
-    """Keys of a JWKS URL by `kid`; refetched once when an unknown `kid` shows up."""
+    """Keys of a JWKS URL by `kid`. An unknown `kid` refetches at once: an issuer that rotates
+    (Better-Auth publishes the new key beside the old) signs with the new key straight away.
+
+    One fetch at a time, shared by every verification waiting on it, and at most one per
+    JWKS_REFETCH_MIN_INTERVAL_S: tokens with made-up kids cost the JWKS server one request a
+    second at most, while a reader whose kid is new waits for the next fetch instead of being
+    refused."""
 
     def __init__(self, url: str, http: httpx.AsyncClient) -> None:
         self._url = url
         self._http = http
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._lock = asyncio.Lock()
-        self._fetched_at = 0.0
+        self._fetch_started = float("-inf")
 
     async def key(self, kid: str | None) -> jwt.PyJWK:
         """The key for `kid`; raises Unauthorized when the JWKS has no such key."""
-        if kid in self._keys:
-            return self._keys[kid]
-        async with self._lock:
-            if (
-                kid not in self._keys
-                and time.monotonic() - self._fetched_at >= JWKS_REFETCH_MIN_INTERVAL_S
-            ):
-                await self._refresh()
+        if kid not in self._keys:
+            arrived = time.monotonic()
+            async with self._lock:
+                # A fetch that started before this token arrived may predate its key, so only a
+                # fetch started since then can prove the kid unknown; waiters queued behind one
+                # fetch share it.
+                if kid not in self._keys and self._fetch_started < arrived:
+                    wait = self._fetch_started + JWKS_REFETCH_MIN_INTERVAL_S - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    await self._refresh()
         if kid in self._keys:
             return self._keys[kid]
         if kid is None and len(self._keys) == 1:
@@ -61,7 +70,7 @@ class JwksCache:
         raise Unauthorized("token signed with an unknown key")
 
     async def _refresh(self) -> None:
-        self._fetched_at = time.monotonic()
+        self._fetch_started = time.monotonic()
         try:
             response = await self._http.get(self._url, timeout=5.0)
             response.raise_for_status()
