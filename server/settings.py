@@ -42,6 +42,7 @@ class Settings:
     jwt_audience: str | None = None
     jwt_algorithms: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
     book_dir: Path = SAMPLE_BOOK_DIR
     max_streams_per_connection: int = 8
     max_streams_per_user: int = 16
@@ -118,6 +119,8 @@ class Settings:
                     f"ALLOWED_ORIGINS: {origin!r} is not an origin like https://book.example.com"
                 )
 
+        trusted_proxies = _networks(get, "TRUSTED_PROXIES")
+
         book_dir = Path(get("BOOK_DIR") or SAMPLE_BOOK_DIR).expanduser()
         if not book_dir.is_dir():
             raise ConfigError(f"BOOK_DIR: {book_dir} is not a directory")
@@ -140,6 +143,7 @@ class Settings:
             jwt_audience=get("JWT_AUDIENCE"),
             jwt_algorithms=algorithms,
             allowed_origins=origins,
+            trusted_proxies=trusted_proxies,
             book_dir=book_dir,
             max_streams_per_connection=_int(get, "MAX_STREAMS_PER_CONNECTION", 8, 1, 256),
             max_streams_per_user=_int(get, "MAX_STREAMS_PER_USER", 16, 1, 1_000_000),
@@ -171,6 +175,21 @@ def _url(get: _Getter, name: str, schemes: tuple[str, ...]) -> str | None:
     if parts.scheme not in schemes or not (parts.netloc or parts.query):
         raise ConfigError(f"{name}: expected a {'/'.join(schemes)}:// URL")
     return value
+
+
+def _networks(get: _Getter, name: str) -> tuple[str, ...]:
+    """Comma-separated addresses or networks, normalised (`10.0.0.1` is `10.0.0.1/32`)."""
+    networks: list[str] = []
+    for item in (get(name) or "").split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip())))
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {item.strip()!r} is not an IP address or network like 10.0.0.0/24"
+            ) from None
+    return tuple(networks)
 
 
 def _int(get: _Getter, name: str, default: int, lo: int, hi: int) -> int:
