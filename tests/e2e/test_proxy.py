@@ -66,6 +66,7 @@ async def three_nodes(
             OPENAI_BASE_URL=llm.base_url,
             DRAIN_SECONDS=str(DRAIN_S),
             TRUSTED_PROXIES="127.0.0.1",  # where HAProxy connects from
+            FORWARDED_ALLOW_IPS="*",  # uvicorn's own variable would believe anyone: not read
             ALLOWED_ORIGINS=ORIGIN,
             LOG_LEVEL="INFO",  # uvicorn's line per accepted socket names the client's address
         ) as (port, proc):
@@ -189,9 +190,10 @@ async def _client_address_only_from_the_proxy(readers: Readers) -> None:
         headers={"X-Forwarded-For": "203.0.113.8", "X-Forwarded-Proto": "https"},
     ):
         pass
-    assert await readers.landed(direct) is node
+    # (each node logs the address before it answers the upgrade, so the lines are there now)
     logs = "".join([await _text(n.log) for n in readers.nodes])
     assert "203.0.113." not in logs, "a forged X-Forwarded-For was believed"
+    assert await readers.landed(direct) is node
 
 
 async def _drain_then_resume_elsewhere(
@@ -226,8 +228,8 @@ async def _drain_then_resume_elsewhere(
             assert ready.status_code == 200
             drained.proc.send_signal(signal.SIGTERM)
             await _readyz_fails(drained, kept)
-        # Sockets opened now never reach it: the node refuses them and the proxy retries another
-        # node, then its health check marks it down and it is not tried at all.
+        # Sockets opened now never reach it (a connection it refuses is retried on another node),
+        # and once its health check has marked it down it is not tried at all.
         for i in range(3):
             assert await readers.open_and_close(f"during-drain-{i}") is not drained
         await readers.proxy.wait_state(drained.name, "DOWN")
