@@ -21,17 +21,13 @@ import httpx
 import pytest
 import websockets
 
-from server.fake_llm import FakeLLM
+from protocol.frames import TERMINAL_TYPES
 from server.services import Services
-from tests.chat_client import TERMINAL, ChatClient, deltas
-from tests.conftest import model_config, token_for
-from tests.e2e.haproxy import HAProxy, haproxy_missing, run_haproxy
+from server.tools.client import SOCKET_OPTIONS, ChatClient, deltas
+from server.tools.fake_llm import FakeLLM
+from tests.conftest import ROOT, model_config, token_for
+from tests.e2e.haproxy import CONFIG, HAProxy, haproxy_missing, run_haproxy
 from tests.processes import serve_copy
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(haproxy_missing() is not None, reason=haproxy_missing() or ""),
-]
 
 ORIGIN = "https://book.example.org"
 DRAIN_S = 10  # long enough to watch the proxy take the node out while its socket still streams
@@ -102,9 +98,9 @@ class Readers:
         *,
         url: str | None = None,
         headers: dict[str, str] | None = None,
-        ping_interval: float | None = 20,
     ) -> AsyncIterator[ChatClient]:
-        """An authenticated socket through the proxy (or straight to `url`); `ready` consumed."""
+        """An authenticated socket through the proxy (or straight to `url`); `ready` consumed.
+        Like a browser's, it sends no pings of its own (SOCKET_OPTIONS): only the node's."""
         ssl: SSLContext | None = None if url else self.proxy.client_ssl
         async with websockets.connect(
             url or self.proxy.ws_url,
@@ -112,13 +108,13 @@ class Readers:
             origin=websockets.Origin(ORIGIN),
             ssl=ssl,
             local_addr=(address, 0),
-            ping_interval=ping_interval,
-            open_timeout=15,
+            **{**SOCKET_OPTIONS, "open_timeout": 15},
         ) as ws:
             client = ChatClient(ws)
             ready = await client.recv()
             assert ready["type"] == "ready", ready
             yield client
+        client.assert_contract()
 
     async def landed(self, address: str, within: float = 10.0) -> Node:
         """The one node that accepted the socket from `address`."""
@@ -146,6 +142,15 @@ async def _text(path: Path) -> str:
     return await asyncio.to_thread(path.read_text, errors="replace")
 
 
+def test_readme_shows_the_config_as_tested() -> None:
+    readme = (ROOT / "README.md").read_text()
+    shown = re.findall(r"```haproxy\n(.*?)```", readme, re.S)
+    assert len(shown) == 1 and shown[0] in CONFIG.read_text(), "README and haproxy.cfg differ"
+    assert "backend nodes" in shown[0] and "timeout tunnel" in shown[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(haproxy_missing() is not None, reason=haproxy_missing() or "")
 async def test_three_nodes_behind_haproxy(
     tmp_path: Path, tmp_data_dir: Path, database_url: str, services: Services, fake_llm: FakeLLM
 ) -> None:
@@ -214,9 +219,7 @@ async def _drain_then_resume_elsewhere(
         # a socket that stays quiet until the end of the test, on a node that is not drained
         for attempt in range(6):
             idle_address = readers.address()
-            idle = await stack.enter_async_context(
-                readers.open(f"quiet-{attempt}", idle_address, ping_interval=None)
-            )  # a browser sends no pings of its own: only the node's keep the socket busy
+            idle = await stack.enter_async_context(readers.open(f"quiet-{attempt}", idle_address))
             idle_since = time.monotonic()
             idle_node = await readers.landed(idle_address)
             if idle_node is not drained:
@@ -240,7 +243,7 @@ async def _drain_then_resume_elsewhere(
         rest_of_socket, code = await chat.until_closed()
     assert code == 1012
     seen += [f for f in rest_of_socket if f.get("id") == "long"]
-    assert not any(f["type"] in TERMINAL for f in seen), "the stream outlived the drain"
+    assert not any(f["type"] in TERMINAL_TYPES for f in seen), "the stream outlived the drain"
 
     # The reader reconnects through the proxy, lands on another node and resumes there.
     address = readers.address()
@@ -250,7 +253,7 @@ async def _drain_then_resume_elsewhere(
         resumed = await chat.stream("long", timeout=30)
     stream = seen + resumed
     assert [f["seq"] for f in stream] == list(range(1, len(stream) + 1)), "each seq exactly once"
-    assert [f["type"] in TERMINAL for f in stream].count(True) == 1
+    assert [f["type"] in TERMINAL_TYPES for f in stream].count(True) == 1
     assert stream[-1]["type"] == "done" and stream[-1]["finish_reason"] == "cancelled"
     text = deltas(stream)
     assert text and REPLY.startswith(text), "the model's text, in order, nothing doubled"

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from server.errors import ConfigError
-from server.serve import make_server
 from server.services import Services
 from server.settings import Settings
+from server.web.serve import make_server
 
 
 def test_trusted_proxies_are_addresses_or_networks(tmp_path: Path) -> None:
