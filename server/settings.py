@@ -54,6 +54,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_audience: str | None = None
     jwt_algorithms: tuple[str, ...] = ()  # empty: chosen from what is configured
     allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For/-Proto is believed
     book_dir: Path = SAMPLE_BOOK_DIR
     max_streams_per_connection: Annotated[int, Meta(ge=1, le=256)] = DEFAULT_LIMITS.max_streams
     max_streams_per_user: Annotated[int, Meta(ge=1, le=1_000_000)] = 16
@@ -107,7 +108,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             value = e.get(env_name(field.name), "").strip()
             if not value:
                 continue
-            if field.name in _LISTS:
+            if field.name == "trusted_proxies":
+                raw[field.name] = [_network(v.strip()) for v in value.split(",") if v.strip()]
+            elif field.name in _LISTS:
                 raw[field.name] = [v.strip().rstrip("/") for v in value.split(",") if v.strip()]
             elif field.name in _UPPER:
                 raw[field.name] = value.upper()
@@ -126,7 +129,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return msgspec.structs.replace(self, **changes)
 
 
-_LISTS = frozenset({"jwt_algorithms", "allowed_origins"})
+_LISTS = frozenset({"jwt_algorithms", "allowed_origins", "trusted_proxies"})
 _UPPER = frozenset({"log_level"})
 _LOWER = frozenset({"embedding_provider"})
 
@@ -134,6 +137,14 @@ _LOWER = frozenset({"embedding_provider"})
 def env_name(field: str) -> str:
     """The environment variable of a settings field."""
     return re.sub(r"_S$", "_SECONDS", field.upper())
+
+
+def _network(value: str) -> str:
+    """`10.0.0.1` as `10.0.0.1/32`; anything else as it came, for `_check` to name."""
+    try:
+        return str(ipaddress.ip_network(value))
+    except ValueError:
+        return value
 
 
 def _decode_path(kind: type, value: Any) -> Any:
@@ -187,6 +198,14 @@ def _check(s: Settings) -> None:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
             _fail("allowed_origins", f"{origin!r} is not an origin like https://book.example.com")
+    for network in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(network)
+        except ValueError:
+            _fail(
+                "trusted_proxies",
+                f"{network!r} is not an IP address or network like 10.0.0.0/24",
+            )
     if not s.book_dir.is_dir():
         _fail("book_dir", f"{s.book_dir} is not a directory")
 

@@ -50,10 +50,10 @@ async def serve_process(
 
 @asynccontextmanager
 async def serve_copy(
-    data_dir: Path, index: Path, log: Path, **env: str
+    data_dir: Path, index: Path, log: Path, *, args: tuple[str, ...] = (), **env: str
 ) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
-    """`serve` on a copy of an indexed shard (no ingest), with the tests' secret and a model key;
-    yields its port and process."""
+    """`serve [args]` on a copy of an indexed shard (no ingest), with the tests' secret and a
+    model key; yields its port and process."""
     await asyncio.to_thread(shutil.copytree, index, data_dir / "qdrant")
     port = free_port()
     full_env = {
@@ -64,7 +64,7 @@ async def serve_copy(
         "LOG_LEVEL": "WARNING",
         **env,
     }
-    async with serve_process(port, full_env, log) as proc:
+    async with serve_process(port, full_env, log, args=args) as proc:
         yield port, proc
 
 

@@ -46,8 +46,16 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Every dependency is reachable; 503 naming what is not."""
-    checks = await services_of(request).readiness()
+    """Every dependency is reachable; 503 naming what is not, or while draining."""
+    services = services_of(request)
+    if services.registry.draining:
+        # New connections are refused by then, but one kept alive from before (a monitor's, a
+        # proxy's pooled one) still reaches this handler and must not hear "ready".
+        return JSONResponse(
+            {"status": "draining", "checks": {"server": "draining: stopping after SIGTERM"}},
+            status_code=503,
+        )
+    checks = await services.readiness()
     ok = all(v.startswith("ok") for v in checks.values())
     return JSONResponse(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503

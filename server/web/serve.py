@@ -96,6 +96,10 @@ def make_server(
         "log_level": s.log_level.lower(),
         "lifespan": "on",
         "timeout_graceful_shutdown": 5,
+        # X-Forwarded-For/-Proto only from TRUSTED_PROXIES; uvicorn's own default believes
+        # any local process (127.0.0.1, or FORWARDED_ALLOW_IPS), which is anyone on the host.
+        "proxy_headers": bool(s.trusted_proxies),
+        "forwarded_allow_ips": list(s.trusted_proxies),
         **overrides,
     }
     return DrainingServer(uvicorn.Config(app, **options), services, freeze_gc=freeze_gc)

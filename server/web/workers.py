@@ -42,6 +42,11 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int, *, loo
         ]
         for process in processes:
             process.start()
+        # Each worker has its own descriptor of the socket now. Kept open here, it would keep
+        # the port accepting after SIGTERM, when every worker has stopped listening to drain:
+        # connections would wait unanswered in the backlog instead of being refused (which a
+        # proxy retries on another node).
+        sock.close()
         log.info("serving on %s:%d with %d workers", host, port, workers)
 
         def forward(signum: int, _frame: FrameType | None) -> None:
@@ -53,7 +58,6 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int, *, loo
         signal.signal(signal.SIGINT, forward)
         for process in processes:
             process.join()
-        sock.close()
         # uvicorn re-raises SIGTERM in a worker once it has drained: that is a clean stop
         failures = [p.exitcode for p in processes if p.exitcode not in (0, -signal.SIGTERM, None)]
         return 1 if failures else 0
