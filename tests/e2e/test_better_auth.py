@@ -21,8 +21,8 @@ import websockets
 from server.auth import LEEWAY_S, TokenVerifier
 from server.services import Services
 from server.settings import Settings
+from server.tools.client import ChatClient, connect, deltas
 from server.tools.fake_llm import FakeLLM
-from tests.chat_client import ChatClient, connect, deltas
 from tests.conftest import ROOT, LiveServer, model_config
 from tests.e2e.better_auth import EXAMPLE, BetterAuth, Reader, claims, header, run_better_auth
 
@@ -49,8 +49,7 @@ async def chat_server(
     verifier and so its own empty JWKS cache."""
     env = {"DATA_DIR": str(services.settings.data_dir), **auth.chat_env()}
     parsed = Settings.from_env(env)
-    settings = dataclasses.replace(
-        services.settings,
+    settings = services.settings.replace(
         jwt_secret=None,
         jwks_url=parsed.jwks_url,
         jwt_issuer=parsed.jwt_issuer,
