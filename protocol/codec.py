@@ -21,16 +21,23 @@ _encoder = msgspec.json.Encoder()
 
 def decode_client(data: str | bytes) -> ClientFrame:
     """Decode one client frame; raise DecodeError naming the offending field."""
-    if (b"\\u0000" if isinstance(data, bytes) else "\\u0000") in data:  # type: ignore[operator]
-        raise DecodeError("NUL characters (\\u0000) are not allowed in frames")
     try:
         return _client_decoder.decode(data)
     except msgspec.ValidationError as exc:
-        raise DecodeError(str(exc)) from None
+        raise DecodeError(readable(exc)) from None
     except msgspec.DecodeError as exc:
         raise DecodeError(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise DecodeError("JSON nested too deeply") from None
+
+
+def readable(exc: msgspec.ValidationError) -> str:
+    """msgspec's message, with the no-NUL pattern said in words."""
+    message = str(exc)
+    if "x00]*$'" in message:
+        where = message.partition(" - at ")[2]
+        return "NUL characters (\\u0000) are not allowed" + (f" - at {where}" if where else "")
+    return message
 
 
 def invalid_frame_id(text: str) -> str | None:

@@ -136,7 +136,10 @@ class Services:
             model: ChatModel
             if llm_client is not None:
                 model = OpenAIChatModel(
-                    llm_client, settings.chat_model, max_tokens=settings.max_answer_tokens
+                    llm_client,
+                    settings.chat_model,
+                    max_tokens=settings.max_answer_tokens,
+                    first_byte_s=settings.model_timeout_s,
                 )
             else:
                 log.warning(

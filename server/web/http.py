@@ -114,11 +114,11 @@ async def profile(request: Request) -> Response:
             return JSONResponse(
                 error_body(InvalidMessage(f"profile larger than {MAX_PROFILE_BYTES} bytes")), 413
             )
-        if b"\\u0000" in body:
-            raise InvalidMessage("invalid profile: NUL characters (\\u0000) are not allowed")
         try:
             new = _profile_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except msgspec.ValidationError as exc:
+            raise InvalidMessage(f"invalid profile: {codec.readable(exc)}") from None
+        except msgspec.DecodeError as exc:
             raise InvalidMessage(f"invalid profile: {exc}") from None
         await store.put_profile(identity.user_id, new)
     except ChatError as exc:
