@@ -79,14 +79,18 @@ class SessionQueries(StoreBase):
             return None
         return StreamRecord(row["stream_key"], row["owner"], row["last_seq"], row["finished"])
 
-    async def stream_frames(self, key: str, after_seq: int) -> list[tuple[int, str]]:
-        """Stored frames of one stream after `after_seq`, in order."""
+    async def stream_frames(
+        self, key: str, after_seq: int, *, limit_runs: int | None = None
+    ) -> list[tuple[int, str]]:
+        """Stored frames of one stream after `after_seq`, in order (from at most `limit_runs`
+        journal rows)."""
         async with self._conn() as conn:
             rows = await conn.fetch(
                 "SELECT first_seq, frames FROM stream_frames WHERE stream_key = $1 AND last_seq > $2"
-                " ORDER BY first_seq",
+                " ORDER BY first_seq LIMIT $3",
                 key,
                 after_seq,
+                limit_runs,
             )
         out = []
         for row in rows:
