@@ -59,6 +59,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_streams_per_connection: Annotated[int, Meta(ge=1, le=256)] = DEFAULT_LIMITS.max_streams
     max_streams_per_user: Annotated[int, Meta(ge=1, le=1_000_000)] = 16
     max_connections_per_user: Annotated[int, Meta(ge=1, le=1_000_000)] = 8
+    max_connections: Annotated[int, Meta(ge=0, le=10_000_000)] = 0  # 0: from the open-files limit
+    handshake_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 10.0
     requests_per_minute: Count = 30  # 0 disables
     completion_tokens_per_day: Annotated[int, Meta(ge=0, le=10**12)] = 200_000  # 0 disables
     resume_grace_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0

@@ -8,36 +8,15 @@ import socket
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from protocol.codes import CloseCode
 from protocol.limits import MAX_FRAME_BYTES
 from server.chat.connection import Connection
 from server.services import Services
 from server.settings import Settings
+from server.web.guard import GuardedConfig, GuardedWebSocketProtocol, connection_cap
 
 log = logging.getLogger(__name__)
-
-
-class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, answering upgrade requests websockets refuses.
-
-    When websockets cannot parse the upgrade request (a header line over 8 KiB, too many
-    headers) it queues a 4xx answer that uvicorn never sends, leaving the socket open and
-    silent: a cheap way to hold server sockets. This sends the answer and closes."""
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.conn.handshake_exc is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.transport.close()
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.accept":
-            # the parsed upgrade request and response are done with (the scope keeps the
-            # headers): ~3 KB less on every open socket
-            del self.request, self.response
 
 
 class DrainingServer(uvicorn.Server):
@@ -88,7 +67,7 @@ def make_server(
     options: dict[str, Any] = {
         "host": host,
         "port": port,
-        "ws": ChatWebSocketProtocol,
+        "ws": GuardedWebSocketProtocol,
         "ws_max_size": MAX_FRAME_BYTES,
         "ws_per_message_deflate": False,
         "ws_ping_interval": s.ws_ping_interval_s,
@@ -102,7 +81,13 @@ def make_server(
         "forwarded_allow_ips": list(s.trusted_proxies),
         **overrides,
     }
-    return DrainingServer(uvicorn.Config(app, **options), services, freeze_gc=freeze_gc)
+    config = GuardedConfig(
+        app,
+        max_connections=connection_cap(s.max_connections),
+        handshake_timeout_s=s.handshake_timeout_s,
+        **options,
+    )
+    return DrainingServer(config, services, freeze_gc=freeze_gc)
 
 
 async def run(

@@ -796,3 +796,78 @@ async def test_resumes_count_against_the_connection_limit(services: Services) ->
                     refused.append((frame["id"], frame["code"]))
         assert starts == {f"r{n}" for n in range(limit)}
         assert refused == [(f"r{n}", "too_many_streams") for n in (limit, limit + 1)]
+
+
+# ---- half-open and slow handshakes ---------------------------------------------------------
+
+
+async def _half_request(
+    port: int, head: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    return reader, writer
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /v1/ch",  # half a request line
+        b"GET /v1/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n",  # no end of head
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /hea",  # a slow second request
+    ],
+    ids=["request-line", "headers", "kept-alive"],
+)
+async def test_a_request_head_that_never_ends_is_cut_at_the_deadline(
+    services: Services, head: bytes
+) -> None:
+    """150 sockets sending half a request line were all still open after 75 s."""
+    async with server_with(services, handshake_timeout_s=0.5) as server:
+        sockets = [await _half_request(server.port, head) for _ in range(20)]
+        async with asyncio.timeout(10):
+            answers = [await reader.read() for reader, _ in sockets]  # until the server closes
+        for _, writer in sockets:
+            writer.close()
+        metrics = await _metrics(server)
+    for answer in answers:
+        assert answer.endswith(
+            b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+        )
+    assert 'chat_refused_connections_total{reason="slow_request"}' in metrics
+
+
+async def _metrics(server: LiveServer) -> str:
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        return (await http.get("/metrics")).text
+
+
+async def test_connections_over_the_cap_get_a_clean_503_and_others_are_served(
+    services: Services,
+) -> None:
+    async with (
+        server_with(services, max_connections=4, handshake_timeout_s=1) as server,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        held = [
+            await stack.enter_async_context(connect(server.ws_url, token_for(f"cap-{n}")))
+            for n in range(4)
+        ]
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with connect(server.ws_url, token_for("cap-extra")):
+                pass
+        assert refused.value.response.status_code == 503
+        assert refused.value.response.headers["retry-after"] == "1"
+        await held[0].ws.close()
+        async with asyncio.timeout(10):  # a place freed is a place taken
+            while True:
+                try:
+                    async with connect(server.ws_url, token_for("cap-next")) as chat:
+                        await chat.send(type="ping")
+                        assert (await chat.recv())["type"] == "pong"
+                    break
+                except websockets.InvalidStatus:
+                    await asyncio.sleep(0.05)
+        for chat in held[1:]:
+            await chat.send(type="ping")
+            assert (await chat.recv())["type"] == "pong"

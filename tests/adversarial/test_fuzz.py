@@ -609,6 +609,21 @@ async def test_a_flood_of_invalid_frames_closes_1008_and_spares_others(live: Liv
     assert ends and set(ends) == {"done"}
 
 
+@pytest.mark.parametrize("burst", [66, 500])
+async def test_a_burst_of_pings_from_a_reading_client_is_answered_in_full(
+    live: LiveServer, burst: int
+) -> None:
+    """66 pings sent at once by a client that reads its answers were once closed with 1008:
+    the reader filled the reply queue before the writer ran. Now the reader waits for it."""
+    async with connect(live.ws_url, token_for(f"pinger-{burst}")) as chat:
+        for n in range(burst):
+            await chat.send(type="ping", nonce=str(n))
+        nonces = [(await chat.recv())["nonce"] for _ in range(burst)]
+        assert nonces == [str(n) for n in range(burst)]
+        frames = await chat.ask("after", "What is a humanoid?")
+    assert frames[-1]["type"] == "done"
+
+
 async def test_invalid_utf8_in_a_text_frame_closes_1007(live: LiveServer) -> None:
     async with connect(live.ws_url, token_for("utf")) as chat:
         await chat.ws.send(b'{"type":"ping","nonce":"\xff\xfe"}', text=True)
