@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from server.app import create_app
-from server.fake_llm import FakeLLM, expected_reply
-from server.serve import make_server
 from server.services import Services
 from server.settings import Settings
+from server.tools.fake_llm import FakeLLM, expected_reply
+from server.web.app import create_app
+from server.web.serve import make_server
 from tests.browser.docusaurus_site import (
     BASE_URL,
     DOCS_URL,
@@ -33,6 +33,7 @@ from tests.browser.docusaurus_site import (
     book_app,
     session_cookie,
 )
+from tests.browser.test_widget import CHROMIUM, CHROMIUM_ARGS, Tab, squash
 from tests.conftest import (
     CORPORA,
     JWT_SECRET,
@@ -40,7 +41,6 @@ from tests.conftest import (
     fresh_database,
     model_config,
 )
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, Tab, squash
 
 pytestmark = pytest.mark.slow
 

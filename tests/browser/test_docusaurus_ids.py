@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from server.markdown import Chapter, chunk_chapter, load_book
+from server.ingest.markdown.document import Chapter, chunk_chapter, load_book
 from tests.browser.docusaurus_site import BASE_URL, DOCS_URL, SiteBuilds, doc_pages
 from tests.conftest import CORPORA
 
