@@ -11,28 +11,29 @@ import asyncio
 import dataclasses
 import os
 import re
+import secrets
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from tests.conftest import ROOT, token_for
+from tests.conftest import ROOT
 
 SITE_DIR = ROOT / "examples" / "docusaurus"
 DOCUSAURUS = SITE_DIR / "node_modules" / ".bin" / "docusaurus"
 BASE_URL = "/book/"
 DOCS_URL = "/book/docs"  # `ingest --base-url`: the site's baseUrl, then the docs plugin's route
 OTHER_LOCALES = ("ur",)  # besides the default, "en"; see docusaurus.config.js
-# Better-Auth's session cookie; the stand-in token endpoint below reads the user from it.
-SESSION_COOKIE = "better-auth.session_token"
+SESSION_COOKIE = "better-auth.session_token"  # Better-Auth's, on plain http
 
 _DOC_ID = re.compile(r'<html[^>]*\bclass="[^"]*\bdocs-doc-id-([^\s"]+)')
 _CANONICAL = re.compile(r'<link[^>]*\brel="canonical"[^>]*\bhref="([^"]+)"')
@@ -144,27 +145,47 @@ def doc_pages(out: Path) -> dict[str, DocPage]:
 
 
 def book_app(build: Path) -> Starlette:
-    """The built site under /book/, and a stand-in for Better-Auth's JWT plugin endpoint.
+    """The built site under /book/, and Better-Auth under /api/auth/ (`app.state.auth_url`), as
+    the README deploys it: behind the book's own origin, so its session cookie is the book's and
+    `authClient.token()` (the plugin's default) is a same-origin request."""
 
-    `GET /api/auth/token` answers as Better-Auth's does (`{"token": …}` for the session's user,
-    401 without a session), so the plugin's default token code, Better-Auth's own client, runs for
-    real; the tokens are the tests' HS256 ones the chat server accepts.
-    """
-
-    async def token(request: Request) -> Response:
-        user = request.cookies.get(SESSION_COOKIE)
-        if not user:
-            return JSONResponse({"code": "UNAUTHORIZED", "message": "Unauthorized"}, 401)
-        return JSONResponse({"token": token_for(user)}, headers={"Cache-Control": "no-store"})
+    async def better_auth(request: Request) -> Response:
+        target = request.app.state.auth_url + request.url.path
+        if request.url.query:
+            target += "?" + request.url.query
+        forwarded = {k: v for k, v in request.headers.items() if k in _FORWARDED}
+        async with httpx.AsyncClient() as http:
+            answer = await http.request(
+                request.method, target, headers=forwarded, content=await request.body()
+            )
+        response = Response(answer.content, answer.status_code)
+        for name in ("content-type", "set-auth-jwt"):
+            if name in answer.headers:
+                response.headers[name] = answer.headers[name]
+        for cookie in answer.headers.get_list("set-cookie"):
+            response.headers.append("set-cookie", cookie)
+        return response
 
     return Starlette(
         routes=[
-            Route("/api/auth/token", token),
+            Route("/api/auth/{path:path}", better_auth, methods=["GET", "POST"]),
             Mount(BASE_URL.rstrip("/"), StaticFiles(directory=build, html=True)),
         ]
     )
 
 
-def session_cookie(user: str, url: str) -> dict[str, Any]:
-    """The cookie a signed-in reader of the book at `url` has."""
-    return {"name": SESSION_COOKIE, "value": user, "url": url}
+_FORWARDED = {"cookie", "content-type", "origin", "accept", "user-agent"}
+
+
+async def sign_up(auth_url: str, book_origin: str, name: str) -> tuple[str, dict[str, Any]]:
+    """A new reader signed up to Better-Auth from the book, as `authClient.signUp.email` does:
+    their user id (the tokens' `sub`) and the session cookie the browser then has for the book."""
+    email = f"{name}-{secrets.token_hex(4)}@example.org"
+    body = {"email": email, "password": secrets.token_urlsafe(16), "name": name}
+    async with httpx.AsyncClient(headers={"Origin": book_origin}) as http:
+        response = await http.post(f"{auth_url}/api/auth/sign-up/email", json=body)
+    assert response.status_code == 200, response.text
+    value = response.cookies.get(SESSION_COOKIE)
+    assert value, f"no {SESSION_COOKIE} in {response.headers.get_list('set-cookie')}"
+    cookie = {"name": SESSION_COOKIE, "value": value, "url": book_origin, "httpOnly": True}
+    return response.json()["user"]["id"], cookie

@@ -4,13 +4,15 @@ examples/docusaurus, the plugin added in one line, is built by `@docusaurus/core
 book-b in English and Urdu (book-a in English too, for the chapter id check). The build is served
 under /book/ on one origin; the chat server, with book-b ingested by `textbook-chat ingest
 --base-url /book/docs`, runs on another with that origin in ALLOWED_ORIGINS: a book on a static
-host and a chat server elsewhere. Tokens come from the plugin's default, Better-Auth's client
-(`authClient.token()`), against a stand-in for Better-Auth's token endpoint on the book's origin.
+host and a chat server elsewhere. Readers sign up to examples/better-auth, which runs behind the
+book's origin (/api/auth/), and the plugin's default token, Better-Auth's `authClient.token()`,
+is what the chat server verifies against Better-Auth's JWKS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jwt
 import pytest
 
 from server.services import Services
@@ -31,16 +34,16 @@ from tests.browser.docusaurus_site import (
     DOCS_URL,
     SiteBuilds,
     book_app,
-    session_cookie,
+    sign_up,
 )
 from tests.browser.test_widget import CHROMIUM, CHROMIUM_ARGS, Tab, squash
 from tests.conftest import (
     CORPORA,
-    JWT_SECRET,
     AppServer,
     fresh_database,
     model_config,
 )
+from tests.e2e.better_auth import BetterAuth, header, run_better_auth
 
 pytestmark = pytest.mark.slow
 
@@ -66,14 +69,32 @@ class ChatServer(AppServer):
         return f"ws://127.0.0.1:{self.port}/v1/chat"
 
 
+@dataclasses.dataclass
+class BookSite:
+    """book-b's build served under /book/, with Better-Auth behind the same origin."""
+
+    server: AppServer
+    auth: BetterAuth
+
+    @property
+    def http_url(self) -> str:
+        return self.server.http_url
+
+
 @pytest.fixture(scope="module")
-async def book_site(site_builds: SiteBuilds) -> AsyncIterator[AppServer]:
-    """book-b's build, served under /book/."""
+async def book_site(
+    site_builds: SiteBuilds, admin_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[BookSite]:
     if not BOOK.is_dir():
         pytest.skip("../shared/corpora is not here")
     build = await site_builds.get(BOOK)
-    async with AppServer(book_app(build.out)) as server:
-        yield server
+    app = book_app(build.out)
+    server = AppServer(app)  # its port, so its origin, is known before it serves
+    tmp = tmp_path_factory.mktemp("better-auth")
+    async with run_better_auth(admin_dsn, tmp, TRUSTED_ORIGINS=server.http_url) as auth:
+        app.state.auth_url = auth.url
+        async with server:
+            yield BookSite(server, auth)
 
 
 async def ingest(env: dict[str, str], log: Path) -> None:
@@ -93,7 +114,7 @@ async def ingest(env: dict[str, str], log: Path) -> None:
 async def chat(
     admin_dsn: str,
     fake_llm: FakeLLM,
-    book_site: AppServer,
+    book_site: BookSite,
     chat_port: int,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[ChatServer]:
@@ -103,7 +124,7 @@ async def chat(
         env = {
             "DATA_DIR": str(data_dir),
             "DATABASE_URL": dsn,
-            "JWT_SECRET": JWT_SECRET,
+            **book_site.auth.chat_env(),  # JWKS_URL, JWT_ISSUER, JWT_AUDIENCE
             "OPENAI_BASE_URL": fake_llm.base_url,
             "OPENAI_API_KEY": "test-key",
             "EMBEDDING_PROVIDER": "openai",
@@ -132,21 +153,31 @@ async def browser() -> AsyncIterator[Any]:
         await launched.close()
 
 
-OpenTab = Callable[..., Awaitable[Tab]]
+@dataclasses.dataclass
+class BookTab(Tab):
+    """A tab of a reader signed in to Better-Auth."""
+
+    user_id: str = ""
+
+
+OpenTab = Callable[..., Awaitable[BookTab]]
 
 
 @pytest.fixture
-async def open_tab(browser: Any, book_site: AppServer, chat: ChatServer) -> AsyncIterator[OpenTab]:
+async def open_tab(browser: Any, book_site: BookSite, chat: ChatServer) -> AsyncIterator[OpenTab]:
     """Opens a page of the book, hydrated and with the widget loaded, for a signed-in `user`."""
     contexts: list[Any] = []
 
-    async def open_(path: str, *, user: str = "reader") -> Tab:
+    async def open_(path: str, *, user: str | None = "reader") -> BookTab:
         context = await browser.new_context(viewport={"width": 1280, "height": 860})
         contexts.append(context)
-        await context.add_cookies([session_cookie(user, book_site.http_url)])
+        user_id = ""
+        if user is not None:
+            user_id, cookie = await sign_up(book_site.auth.url, book_site.http_url, user)
+            await context.add_cookies([cookie])
         page = await context.new_page()
         page.set_default_timeout(15_000)
-        tab = Tab(page)
+        tab = BookTab(page, user_id=user_id)
 
         def on_socket(ws: Any) -> None:
             ws.on("framesent", lambda payload: tab.sent.append(json.loads(payload)))
@@ -175,12 +206,12 @@ def expected(fake: FakeLLM) -> str:
     return expected_reply(content, fake.config)
 
 
-async def source_hrefs(tab: Tab) -> list[str]:
+async def source_hrefs(tab: BookTab) -> list[str]:
     links = tab.page.locator(".tc-sources a")
     return [await links.nth(i).get_attribute("href") for i in range(await links.count())]
 
 
-async def follow_first_source(tab: Tab) -> dict[str, Any]:
+async def follow_first_source(tab: BookTab) -> dict[str, Any]:
     """Click the first source of the last answer; wait for its page. The source, as sent."""
     source: dict[str, Any] = [f for f in tab.received if f["type"] == "sources"][-1]["sources"][0]
     async with tab.page.expect_navigation():  # a page load, even to the page it is on
@@ -194,7 +225,7 @@ async def follow_first_source(tab: Tab) -> dict[str, Any]:
 
 
 async def test_ask_then_follow_a_source_to_its_page(
-    open_tab: OpenTab, chat: ChatServer, book_site: AppServer, fake_llm: FakeLLM
+    open_tab: OpenTab, chat: ChatServer, book_site: BookSite, fake_llm: FakeLLM
 ) -> None:
     tab = await open_tab(PAGE, user="asker")
     page = tab.page
@@ -209,6 +240,10 @@ async def test_ask_then_follow_a_source_to_its_page(
         assert await tab.answer() == await tab.rendered(expected(fake_llm))
     hrefs = await source_hrefs(tab)
     assert hrefs and all(h.startswith(f"{book_site.http_url}{DOCS_URL}/") for h in hrefs)
+    # The token was Better-Auth's, for this reader (authClient.token(), the plugin's default).
+    token = tab.sent_of("auth")[0]["token"]
+    assert header(token)["alg"] == "EdDSA"
+    assert jwt.decode(token, options={"verify_signature": False})["sub"] == tab.user_id
 
     source = await follow_first_source(tab)
     url = urlsplit(page.url)
@@ -219,6 +254,15 @@ async def test_ask_then_follow_a_source_to_its_page(
     # The conversation came along: the panel reopens with it.
     await page.wait_for_selector(".tc-root[data-state=open] .tc-user", state="attached")
     assert tab.errors == []
+
+
+async def test_a_reader_not_signed_in_is_told_to_sign_in(open_tab: OpenTab) -> None:
+    tab = await open_tab(PAGE, user=None)
+    await tab.page.locator(".tc-launcher").click()
+    status = tab.page.locator(".tc-root[data-state=error] .tc-status")
+    await status.wait_for()
+    assert "sign in first" in await status.inner_text()  # Better-Auth answered 401
+    assert tab.sent_of("auth") == []
 
 
 async def test_highlight_a_passage_and_ask_about_it(open_tab: OpenTab, fake_llm: FakeLLM) -> None:
@@ -284,7 +328,7 @@ async def test_personalize_with_a_new_profile_then_translate_to_urdu(
         assert await output.get_attribute("dir") == "ltr"
         # (Docusaurus ends a heading with a zero-width space before its hash link.)
         assert await output.locator("h2").first.inner_text() == original_h2.rstrip("\u200b")
-        profile = await chat.services.store.get_profile("new-reader")
+        profile = await chat.services.store.get_profile(tab.user_id)
         assert profile is not None and profile.level == "beginner"
         assert "beginner" in fake_llm.chat_requests[-1]["messages"][0]["content"]
 
@@ -311,7 +355,7 @@ async def test_personalize_with_a_new_profile_then_translate_to_urdu(
 
 
 async def test_urdu_pages_are_right_to_left_and_stay_in_urdu(
-    open_tab: OpenTab, book_site: AppServer, fake_llm: FakeLLM
+    open_tab: OpenTab, book_site: BookSite, fake_llm: FakeLLM
 ) -> None:
     tab = await open_tab(f"{BASE_URL}ur/docs/vision-language-action", user="urdu-reader")
     page = tab.page
