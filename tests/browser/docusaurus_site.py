@@ -77,6 +77,8 @@ async def build_site(
         "TEXTBOOK_CHAT_URL": chat_url,
         "NODE_ENV": "production",
         "NO_UPDATE_NOTIFIER": "1",  # Docusaurus's CLI would ask the npm registry for a newer version
+        # Its generated files beside the build, not in the site folder another run may be using.
+        "DOCUSAURUS_GENERATED_FILES_DIR_NAME": str(out.with_suffix(".docusaurus")),
     }
     log = out.with_suffix(".log")
     args = ["build", "--out-dir", str(out)] + [a for loc in locales for a in ("--locale", loc)]

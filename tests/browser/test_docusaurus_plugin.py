@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.browser.docusaurus_site import DOCS_URL, SITE_DIR
 from tests.conftest import ROOT
 
 PLUGIN = ROOT / "clients" / "docusaurus-plugin" / "src" / "index.js"
@@ -125,3 +127,18 @@ async def test_locale_pages_get_their_title_direction_and_base_urls(site: Path) 
     assert (english["siteBaseUrl"], english["localeBaseUrl"]) == ("/book/", "/book/")
     assert (urdu["siteBaseUrl"], urdu["localeBaseUrl"]) == ("/book/", "/book/ur/")
     assert english["reader"] is True and english["docsPluginId"] == "default"
+
+
+def test_the_readme_shows_the_dependency_and_config_entry_the_tests_build() -> None:
+    section = (ROOT / "README.md").read_text().split("\n## Embedding in Docusaurus\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    blocks = dict(re.findall(r"```(jsonc|js|sh)\n(.*?)\n```", section, re.S))
+    package = json.loads((SITE_DIR / "package.json").read_text())
+    shown = dict(re.findall(r'^\s*"([^"]+)": "([^"]+)"$', blocks["jsonc"], re.M))
+    assert shown == {"docusaurus-plugin-textbook-chat": "file:../../clients/docusaurus-plugin"}
+    assert shown.items() <= package["dependencies"].items()
+    # the config entry is a verbatim excerpt of the site's docusaurus.config.js
+    source = [line.strip() for line in (SITE_DIR / "docusaurus.config.js").read_text().splitlines()]
+    excerpt = [line.strip() for line in blocks["js"].splitlines() if not line.startswith("//")]
+    assert any(source[i : i + len(excerpt)] == excerpt for i in range(len(source)))
+    assert f"--base-url {DOCS_URL} " in blocks["sh"]  # as the tests ingest the book
