@@ -77,8 +77,6 @@ async def build_site(
         "TEXTBOOK_CHAT_URL": chat_url,
         "NODE_ENV": "production",
         "NO_UPDATE_NOTIFIER": "1",  # Docusaurus's CLI would ask the npm registry for a newer version
-        # Its generated files beside the build, not in the site folder another run may be using.
-        "DOCUSAURUS_GENERATED_FILES_DIR_NAME": str(out.with_suffix(".docusaurus")),
     }
     log = out.with_suffix(".log")
     args = ["build", "--out-dir", str(out)] + [a for loc in locales for a in ("--locale", loc)]
@@ -96,7 +94,11 @@ async def build_site(
 
 
 class SiteBuilds:
-    """Builds made in this session, by book: each book is built once."""
+    """Builds made in this session, by book: each book is built once, one at a time.
+
+    They share the site's `.docusaurus` folder and webpack's cache in `node_modules/.cache`. (A
+    generated-files folder per build would be faster to clean up but breaks that cache: webpack
+    keeps resolving `@generated/…` to the first build's folder, as it ignores alias changes.)"""
 
     def __init__(self, root: Path, chat_url: str) -> None:
         self.root = root
