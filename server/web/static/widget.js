@@ -470,6 +470,8 @@
 
   const client = new ChatClient(serverUrl);
   const TextbookChat = { version: 1, client, serverUrl, apiBase, api, store, renderMarkdown, escapeHtml, safeUrl, chapterFor, newId };
+  // Where a source link goes; a page may replace it (the Docusaurus plugin keeps the reader's locale).
+  TextbookChat.sourceUrl = (url) => url;
   window.TextbookChat = TextbookChat;
 
   const el = (tag, props = {}, ...children) => {
@@ -528,7 +530,7 @@
         if (seen.has(key) || items.length >= 6) continue;
         seen.add(key);
         const label = s.section && s.section !== s.title ? `${s.title} › ${s.section}` : s.title || s.chapter;
-        const href = safeUrl(s.url);
+        const href = safeUrl(TextbookChat.sourceUrl(s.url, s));
         items.push(el("li", { dir: "auto" }, href ? el("a", { href, text: label }) : el("span", { text: label })));
       }
       this.sources.replaceChildren(el("h3", { text: "Sources" }), el("ol", {}, ...items));
