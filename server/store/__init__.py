@@ -6,10 +6,18 @@ from server.store.base import MIGRATIONS_DIR, StoreBase
 from server.store.book import BookQueries, CachedChapter, ChapterRow, SectionRow
 from server.store.conversations import ConversationQueries, MessageOutcome, Turn
 from server.store.jobs import ChapterJobQueries
+from server.store.recovery import Orphan, RecoveryQueries
 from server.store.sessions import PresenceQueries, SessionQueries, StreamRecord
 
 
-class Store(BookQueries, ConversationQueries, SessionQueries, PresenceQueries, ChapterJobQueries):
+class Store(
+    BookQueries,
+    ConversationQueries,
+    SessionQueries,
+    PresenceQueries,
+    RecoveryQueries,
+    ChapterJobQueries,
+):
     """The project's Postgres access; one pool per process."""
 
 
@@ -18,6 +26,7 @@ __all__ = [
     "CachedChapter",
     "ChapterRow",
     "MessageOutcome",
+    "Orphan",
     "SectionRow",
     "Store",
     "StoreBase",

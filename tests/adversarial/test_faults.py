@@ -12,7 +12,7 @@ import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -531,3 +531,59 @@ async def test_sigterm_under_load_loses_nothing(
     )
     assert completed + interrupted == len(users) and completed >= 8 and interrupted >= 8
     assert refused >= 3
+
+
+async def _polled(check: Callable[[], Awaitable[Any]], within: float) -> Any:
+    """The first truthy value of `check`, asked until `within` seconds passed."""
+    async with asyncio.timeout(within):
+        while not (value := await check()):  # noqa: ASYNC110 - what another process writes
+            await asyncio.sleep(0.05)
+    return value
+
+
+async def test_a_crash_mid_answer_is_settled_and_its_stream_ends_for_a_resume(
+    live: LiveServer, database_url: str, tmp_data_dir: Path, tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    """SIGKILL mid-answer once left the message `streaming` forever after a restart, although
+    its frames were in the journal."""
+    user = f"crash-{os.getpid()}-{time.time_ns()}"
+    env = {
+        "DATABASE_URL": database_url,
+        "OPENAI_BASE_URL": fake_llm.base_url,
+        "REQUESTS_PER_MINUTE": "0",
+        "COMPLETION_TOKENS_PER_DAY": "0",
+    }
+    index = tmp_data_dir / "main" / "qdrant"
+    store = live.services.store
+
+    async def journaled(at_least: int) -> bool:
+        record = await store.stream_record(user, "k", 600)
+        return record is not None and record.last_seq >= at_least
+
+    async def settled(conversation: str) -> list[dict[str, Any]] | None:
+        saved = await store.list_messages(user, conversation)
+        return None if saved[0]["status"] == "streaming" else saved
+
+    with model_config(fake_llm, tokens_per_answer=400, tokens_per_second=20):
+        async with (
+            serve_copy(tmp_path / "a", index, tmp_path / "a.log", **env) as (port, proc),
+            connect(f"ws://127.0.0.1:{port}/v1/chat", token_for(user)) as chat,
+        ):
+            await chat.send(type="ask", id="k", question="Explain bipedal walking")
+            seen = [await chat.recv() for _ in range(8)]  # start, sources, 6 deltas
+            await _polled(lambda: journaled(8), 10)  # what the client saw reached the journal
+            proc.kill()
+            await proc.wait()
+        conversation = seen[0]["conversation_id"]
+        assert (await store.list_messages(user, conversation))[0]["status"] == "streaming"
+        async with serve_copy(tmp_path / "b", index, tmp_path / "b.log", **env) as (port, _):
+            saved = await _polled(lambda: settled(conversation), 30)  # by B as it starts
+            record = await store.stream_record(user, "k", 600)
+            assert record is not None and record.finished
+            async with connect(f"ws://127.0.0.1:{port}/v1/chat", token_for(user)) as chat:
+                await chat.send(type="resume", id="k", after_seq=8)
+                rest = await chat.stream("k")
+    assert saved[0]["status"] == "interrupted"
+    assert saved[0]["answer"] == deltas(seen) + deltas(rest) and deltas(seen) != ""
+    assert rest[-1]["type"] == "done" and rest[-1]["finish_reason"] == "cancelled"
+    assert [f["seq"] for f in rest] == list(range(9, record.last_seq + 1))
