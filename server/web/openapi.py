@@ -127,7 +127,10 @@ def _error_responses(endpoint: Endpoint) -> dict[int, dict[str, Any]]:
         }
         if status == 401:
             response["headers"] = {
-                "WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}
+                "WWW-Authenticate": {
+                    "required": True,
+                    "schema": {"type": "string", "const": "Bearer"},
+                }
             }
         responses[status] = response
     return responses
