@@ -86,7 +86,7 @@ def _operation(endpoint: Endpoint, schema_of: dict[str, Any]) -> dict[str, Any]:
     if endpoint.body is not None:
         operation["requestBody"] = {
             "required": True,
-            "description": f"JSON, at most {endpoint.max_body} bytes; no U+0000 in strings.",
+            "description": f"JSON, at most {endpoint.max_body} bytes.",
             "content": {JSON: {"schema": schema_of[_key(endpoint.body)]}},
         }
     responses: dict[str, Any] = {}

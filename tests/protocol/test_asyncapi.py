@@ -175,7 +175,8 @@ def test_server_frames_the_server_encodes_match_their_payload(frame: Any) -> Non
     validator.validate(msgspec.json.decode(codec.encode(frame)))
 
 
-# Client frames, valid and not: the payload schema and the server's decoder must agree on each.
+# Client frames, valid and not: the payload schema and the server's decoder must agree on each
+# (blank questions and selections excepted: JSON Schema cannot say "not only whitespace").
 CLIENT_SAMPLES = [
     {"type": "ask", "id": "a", "question": "What is ROS?"},
     {"type": "ask", "id": "a", "question": "Why?", "selection": {"text": "zmp", "chapter": "c"}},
@@ -187,6 +188,9 @@ CLIENT_SAMPLES = [
     {"type": "chapter", "id": "c", "chapter": "intro", "mode": "translate", "language": "zh-Hant"},
     {"type": "chapter", "id": "c", "chapter": "intro", "mode": "translate", "language": "ur\n"},
     {"type": "chapter", "id": "c", "chapter": "intro", "mode": "translate", "language": "u"},
+    {"type": "chapter", "id": "c", "chapter": "intro", "mode": "translate", "language": "xx"},
+    {"type": "chapter", "id": "c", "chapter": "intro", "mode": "translate", "language": "UR-pk"},
+    {"type": "ask", "id": "a", "question": "What is a\u0000?"},
     {"type": "chapter", "id": "c", "chapter": "intro", "mode": "summarize"},
     {"type": "resume", "id": "r", "after_seq": 0},
     {"type": "resume", "id": "r", "after_seq": -1},
