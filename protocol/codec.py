@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from protocol import languages
 from protocol.frames import ClientFrame, ServerFrame
 from protocol.limits import STREAM_ID_MAX
 
@@ -32,11 +33,14 @@ def decode_client(data: str | bytes) -> ClientFrame:
 
 
 def readable(exc: msgspec.ValidationError) -> str:
-    """msgspec's message, with the no-NUL pattern said in words."""
+    """msgspec's message, with the no-NUL and language patterns said in words."""
     message = str(exc)
+    where = message.partition(" - at ")[2]
+    at = f" - at {where}" if where else ""
     if "x00]*$'" in message:
-        where = message.partition(" - at ")[2]
-        return "NUL characters (\\u0000) are not allowed" + (f" - at {where}" if where else "")
+        return "NUL characters (\\u0000) are not allowed" + at
+    if repr(languages.PATTERN) in message:  # msgspec quotes the pattern as Python does
+        return "not a language we translate into (a code such as `ur` or `ur-PK`)" + at
     return message
 
 

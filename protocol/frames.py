@@ -22,9 +22,7 @@ Question = Annotated[str, Meta(min_length=1, max_length=MAX_QUESTION_CHARS, patt
 SelectionText = Annotated[str, Meta(min_length=1, max_length=MAX_SELECTION_CHARS, pattern=NO_NUL)]
 ShortText = Annotated[str, Meta(max_length=2048, pattern=NO_NUL)]
 ChapterRef = Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_NUL)]
-LanguageCode = Annotated[
-    str, Meta(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$", max_length=35)
-]
+LanguageCode = Annotated[str, Meta(pattern=languages.PATTERN, max_length=35)]
 Nonce = Annotated[str, Meta(max_length=128, pattern=NO_NUL)]
 Seq = Annotated[int, Meta(ge=0)]
 ConversationId = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]

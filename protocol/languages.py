@@ -20,6 +20,16 @@ LANGUAGES: dict[str, str] = {
 RTL_LANGUAGES = frozenset({"ar", "ckb", "dv", "fa", "he", "ks", "ps", "sd", "ug", "ur", "yi"})
 
 
+def _either_case(code: str) -> str:
+    return "".join(f"[{c}{c.upper()}]" for c in code)
+
+
+# What `is_known` accepts, as a regex both msgspec (Python) and JSON Schema (ECMA-262) read alike,
+# so the published schemas say which codes are accepted: a known base in either case and up to
+# three subtags. `(?!\n)`: Python's `$` also matches before a final newline, ECMA's does not.
+PATTERN = f"^({'|'.join(map(_either_case, LANGUAGES))})(-[A-Za-z0-9]{{2,8}}){{0,3}}(?!\\n)$"
+
+
 def base(code: str) -> str:
     """`ur` of `ur-PK`."""
     return code.split("-")[0].lower()

@@ -52,13 +52,7 @@ def create_app(
 
     routes = [
         WebSocketRoute(CHAT_PATH, chat),  # reached only under a root_path: see ChatApp
-        Route("/healthz", http.healthz),
-        Route("/readyz", http.readyz),
-        Route("/v1/protocol", http.protocol_schema),
-        Route("/metrics", http.metrics),
-        Route("/v1/profile", http.profile, methods=["GET", "PUT"]),
-        Route("/v1/conversations", http.conversations),
-        Route("/v1/conversations/{id}/messages", http.conversation_messages),
+        *(endpoint.route() for endpoint in http.ENDPOINTS),  # the API, as /openapi.json lists it
         *(Route(path, assets.widget_files) for path in assets.WIDGET_FILES),
         Route("/dev/token", assets.dev_token),
         Route("/", assets.demo_page),
@@ -71,7 +65,7 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.allowed_origins),
-                allow_methods=["GET", "PUT"],
+                allow_methods=sorted({endpoint.method for endpoint in http.ENDPOINTS}),
                 allow_headers=["Authorization", "Content-Type"],
                 max_age=600,
             )
