@@ -55,6 +55,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_algorithms: tuple[str, ...] = ()  # empty: chosen from what is configured
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For/-Proto is believed
+    metrics_token: str | None = None  # /metrics wants it as a bearer token
+    metrics_port: Annotated[int, Meta(ge=0, le=65_535)] = 0  # /metrics on its own port instead
+    metrics_host: str = "127.0.0.1"
     book_dir: Path = SAMPLE_BOOK_DIR
     max_streams_per_connection: Annotated[int, Meta(ge=1, le=256)] = DEFAULT_LIMITS.max_streams
     max_streams_per_user: Annotated[int, Meta(ge=1, le=1_000_000)] = 16

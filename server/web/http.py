@@ -7,6 +7,7 @@ adding an endpoint is a handler here and one line there.
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 import msgspec
@@ -22,7 +23,7 @@ from protocol.api import (
 )
 from protocol.codes import ErrorCode
 from protocol.profile import Profile
-from server.errors import NotFound
+from server.errors import NotFound, Unauthorized
 from server.metrics import exposition
 from server.profiles import reader_profile
 from server.web import openapi
@@ -56,7 +57,19 @@ async def readyz(call: Call) -> Readiness | Reply:
 
 
 async def metrics(call: Call) -> Response:
-    """Prometheus metrics, in its text format."""
+    """Prometheus metrics, in its text format.
+
+    Answered here when METRICS_TOKEN is set (and sent as a bearer token), or when the server
+    listens only on loopback; with METRICS_PORT the metrics are on that port instead, and this
+    is 404. Anywhere else it is 404, so a public port never shows its figures to anyone."""
+    settings = call.services.settings
+    request = call.request
+    if settings.metrics_token:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), settings.metrics_token.encode()):
+            raise Unauthorized("metrics need METRICS_TOKEN as a bearer token")
+    elif settings.metrics_port or not request.app.state.loopback:
+        raise NotFound("not found")
     body, content_type = exposition()
     return Response(body, media_type=content_type)
 
@@ -130,7 +143,14 @@ NOT_FOUND = ErrorCode.NOT_FOUND
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/healthz", healthz, {200: Health}),
     Endpoint("GET", "/readyz", readyz, {200: Readiness, 503: Readiness}),
-    Endpoint("GET", "/metrics", metrics, {200: str}, media_type="text/plain"),
+    Endpoint(
+        "GET",
+        "/metrics",
+        metrics,
+        {200: str},
+        media_type="text/plain",
+        errors=(ErrorCode.UNAUTHORIZED, ErrorCode.NOT_FOUND),
+    ),
     Endpoint("GET", "/openapi.json", openapi_document, {200: JsonDocument}),
     Endpoint("GET", "/v1/protocol", protocol_schema, {200: JsonDocument}),
     Endpoint("GET", "/v1/protocol/asyncapi.json", protocol_asyncapi, {200: JsonDocument}),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import socket
 from typing import Any
 
+import prometheus_client
 import uvicorn
 
 from protocol.codes import CloseCode
@@ -98,17 +100,28 @@ async def run(
     loopback: bool,
     replica: bool = False,
     sock: socket.socket | None = None,
+    worker: int = 0,
 ) -> int:
     """Build the services and serve until stopped (`sock`: a socket bound by the parent of
-    `--workers`; `replica`: serve from a private copy of the embedded index)."""
+    `--workers`; `replica`: serve from a private copy of the embedded index; `worker`: its
+    number, which offsets METRICS_PORT)."""
     from server.web.app import create_app
 
     services = await Services.start(settings, loopback=loopback, replica=replica)
+    metrics_server = None
     try:
+        if settings.metrics_port:
+            # prometheus_client's own exposition server, on a thread of its own
+            metrics_server, _ = prometheus_client.start_http_server(
+                settings.metrics_port + worker, addr=settings.metrics_host
+            )
         app = create_app(settings, services=services, close_services=True)
         server = make_server(app, services, host, port, freeze_gc=True)
         await server.serve(sockets=[sock] if sock is not None else None)
     except BaseException:
         await services.close()  # the lifespan may never have run (e.g. the port was taken)
         raise
+    finally:
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.shutdown)
     return 0

@@ -51,6 +51,7 @@ from tests.conftest import (
     server_with,
     token_for,
 )
+from tests.processes import serve_copy
 
 ISSUER = "https://auth.book.example"
 AUDIENCE = "https://book.example"
@@ -871,3 +872,56 @@ async def test_connections_over_the_cap_get_a_clean_503_and_others_are_served(
         for chat in held[1:]:
             await chat.send(type="ping")
             assert (await chat.recv())["type"] == "pong"
+
+
+# ---- /metrics ------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _public(services: Services) -> AsyncIterator[AppServer]:
+    """The app as served on a public address (built with loopback=False)."""
+    app = create_app(services.settings, services=services, loopback=False)
+    port = free_port()
+    server = AppServer(app, make_server(app, services, "127.0.0.1", port, log_level="warning"))
+    server.port = port
+    async with server:
+        yield server
+
+
+async def test_metrics_are_not_public_beyond_loopback(services: Services) -> None:
+    """/metrics was open to anyone who could reach the port."""
+    async with _public(services) as public, httpx.AsyncClient() as http:
+        response = await http.get(f"{public.http_url}/metrics")
+    assert response.status_code == 404 and "chat_" not in response.text
+
+
+async def test_metrics_behind_a_token(services: Services) -> None:
+    token = "metrics-" + "m" * 32
+    guarded = dataclasses.replace(services, settings=services.settings.replace(metrics_token=token))
+    async with _public(guarded) as public, httpx.AsyncClient(base_url=public.http_url) as http:
+        assert (await http.get("/metrics")).status_code == 401
+        wrong = await http.get("/metrics", headers={"Authorization": "Bearer " + "x" * 40})
+        assert wrong.status_code == 401
+        right = await http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert right.status_code == 200 and "chat_connections_open" in right.text
+
+
+async def test_metrics_on_their_own_port(
+    database_url: str, tmp_data_dir: Path, tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    metrics_port = free_port()
+    async with (
+        serve_copy(
+            tmp_path / "data",
+            tmp_data_dir / "main" / "qdrant",
+            tmp_path / "serve.log",
+            DATABASE_URL=database_url,
+            OPENAI_BASE_URL=fake_llm.base_url,
+            METRICS_PORT=str(metrics_port),
+        ) as (port, _),
+        httpx.AsyncClient() as http,
+    ):
+        main = await http.get(f"http://127.0.0.1:{port}/metrics")
+        own = await http.get(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert main.status_code == 404
+    assert own.status_code == 200 and "chat_connections_open" in own.text
