@@ -39,6 +39,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     data_dir: Path
     database_url: str | None = None
+    # Connections per process, and how long a query queues for one: under a load the server
+    # accepts, a busy pool must slow answers down, never fail them.
+    database_pool_size: Annotated[int, Meta(ge=2, le=500)] = 20
+    database_wait_s: Annotated[float, Meta(ge=1, le=600)] = 30.0
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     qdrant_collection: str = "textbook_chunks"
