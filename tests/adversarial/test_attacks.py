@@ -196,6 +196,12 @@ def attack_tokens(keys: Keys) -> dict[str, str]:
         "empty sub": hs(sub=""),
         "numeric sub": hs(sub=12345),
         "sub over 255 characters": hs(sub="u" * 256),
+        # JSON may escape a lone surrogate; UTF-8 (Postgres, every encoder) cannot hold one:
+        # such a sub once crashed the handler (close 1000, HTTP 500)
+        "sub holding a lone surrogate": hs(sub="reader-\ud800"),
+        "sub holding NUL": hs(sub="reader\x00admin"),
+        "sub holding a newline": hs(sub="reader\nadmin"),
+        "a profile claim holding a lone surrogate": hs(profile={"level": "\udfff"}),
         "missing exp": hs(exp=None),
         "not a JWT": "hello",
         "four segments": rs() + ".AAAA",
