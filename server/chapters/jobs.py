@@ -107,7 +107,7 @@ class JobLog:
 
     def _write(self, frame: Delta | Done | Error) -> None:
         self._seq += 1
-        self._journal.frame(self, self._seq, codec.encode(frame).decode())
+        self._journal.frame(self, self._seq, codec.encode(frame))
 
 
 _NO_TIMINGS = Timings(first_token_ms=0.0, total_ms=0.0)

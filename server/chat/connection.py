@@ -172,7 +172,7 @@ class Connection:
     def _send(self, frame: object) -> None:
         if isinstance(frame, Error):
             ERRORS.labels(frame.code.value).inc()
-        self._outbox.control(codec.encode(frame).decode())
+        self._outbox.control(codec.encode(frame))
 
     def _set_timer(self, timer: Timer, delay_s: float | None) -> None:
         old = self._timers.pop(timer, None)

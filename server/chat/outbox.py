@@ -13,7 +13,10 @@ from protocol.codes import CloseCode
 from protocol.limits import DEFAULT_LIMITS
 from server.chat.stream import Stream
 
-_DELTA = '{"type":"delta"'
+_DELTA = b'{"type":"delta"'
+# The scope extension through which the server's protocol (server/web/protocols.py) takes a
+# text frame directly: `send_text(frame) -> False` when it must go through ASGI `send` instead.
+SEND_TEXT = "textbook-chat.send_text"
 
 
 class Source(Protocol):
@@ -22,7 +25,7 @@ class Source(Protocol):
     @property
     def consumer(self) -> object: ...
 
-    def take(self) -> str | None: ...
+    def take(self) -> bytes | None: ...
 
     def has_output(self) -> bool: ...
 
@@ -44,7 +47,7 @@ class Outbox:
         self._send_timeout_s = send_timeout_s
         self._too_slow = too_slow
         # no deque or Event here: each costs ~700 bytes on every idle socket
-        self._control: list[str] = []  # a few frames at most
+        self._control: list[bytes] = []  # a few frames at most
         self._ready: dict[int, Source] = {}
         self._waiting: asyncio.Future[None] | None = None
         self._control_limit = control_limit
@@ -52,7 +55,7 @@ class Outbox:
         self._stopped = False
         self.close_request: tuple[int, str] | None = None
 
-    def control(self, data: str) -> None:
+    def control(self, data: bytes) -> None:
         """Queue a control frame ahead of the streams."""
         self._control.append(data)
         self._wake()
@@ -101,7 +104,7 @@ class Outbox:
         if self._waiting is not None and not self._waiting.done():
             self._waiting.set_result(None)
 
-    def _next(self) -> tuple[str, Source | None] | None:
+    def _next(self) -> tuple[bytes, Source | None] | None:
         if self._control:
             control = self._control.pop(0)
             if len(self._control) < self._control_limit:
@@ -124,13 +127,15 @@ class Outbox:
     async def run(self) -> None:
         """Send until closed; a send the peer does not take within the timeout is too slow."""
         ws = self._ws
+        send_now: Callable[[bytes], bool] | None = ws.scope.get("extensions", {}).get(SEND_TEXT)
         try:
             while True:
                 item = self._next()
                 if item is None:
                     if self.close_request is not None:
                         code, reason = self.close_request
-                        await asyncio.wait_for(ws.close(code=code, reason=reason), timeout=2.0)
+                        async with asyncio.timeout(2.0):
+                            await ws.close(code=code, reason=reason)
                         return
                     self._waiting = asyncio.get_running_loop().create_future()
                     try:
@@ -141,10 +146,11 @@ class Outbox:
                 data, source = item
                 if isinstance(source, Stream) and data.startswith(_DELTA):
                     source.sent_delta(time.perf_counter())  # handed to the transport now
-                try:
-                    await asyncio.wait_for(
-                        ws.send({"type": "websocket.send", "text": data}), self._send_timeout_s
-                    )
+                if send_now is not None and send_now(data):
+                    continue
+                try:  # the transport pushes back (or no direct way): wait, up to the timeout
+                    async with asyncio.timeout(self._send_timeout_s):
+                        await ws.send({"type": "websocket.send", "text": data.decode()})
                 except TimeoutError:
                     self._too_slow("the client stopped reading")
         except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):

@@ -36,7 +36,7 @@ class Consumer(Protocol):
 class Journal(Protocol):
     """Where committed frames are persisted, so a stream can be resumed from another process."""
 
-    def frame(self, stream: Stream, seq: int, data: str) -> None: ...
+    def frame(self, stream: Stream, seq: int, data: bytes) -> None: ...
 
 
 class _Pending:
@@ -61,7 +61,7 @@ class Stream:
         self.key = uuid.uuid4().hex
         self.started = time.monotonic()
         self.seq = 0
-        self.log: list[str] = []  # JSON text, as sent
+        self.log: list[bytes] = []  # encoded frames, as sent
         self.consumer: Consumer | None = None
         self.cursor = 0  # frames of the log the consumer has taken
         self.task: asyncio.Task[None] | None = None
@@ -132,7 +132,7 @@ class Stream:
         while self._tail:
             self._commit()
 
-    def _commit(self) -> str:
+    def _commit(self) -> bytes:
         pending = self._tail.popleft()
         self.seq += 1
         fields = pending.fields
@@ -140,8 +140,7 @@ class Stream:
             text = "".join(pending.texts)
             self._tail_chars -= pending.size
             fields = {"text": text}
-        frame = pending.frame_type(id=self.id, seq=self.seq, **fields)
-        data = codec.encode(frame).decode()
+        data = codec.encode(pending.frame_type(id=self.id, seq=self.seq, **fields))
         self.log.append(data)
         if self.journal is not None:
             self.journal.frame(self, self.seq, data)
@@ -153,7 +152,7 @@ class Stream:
         """True when the consumer has frames to take."""
         return self.cursor < self.seq or bool(self._tail)
 
-    def take(self) -> str | None:
+    def take(self) -> bytes | None:
         """The consumer's next frame: a replayed one first, then the oldest pending one."""
         if self.cursor < self.seq:
             data = self.log[self.cursor]

@@ -47,7 +47,7 @@ class Journaled(Protocol):
 @dataclass(slots=True)
 class _Batch:
     starts: list[tuple[str, str, str, str]] = field(default_factory=list)
-    frames: list[tuple[str, int, str]] = field(default_factory=list)
+    frames: list[tuple[str, int, bytes]] = field(default_factory=list)
     progress: dict[str, tuple[str, str, int, bool]] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -75,7 +75,7 @@ class FrameJournal:
         self._poke()
         self._bring_forward(FOLLOWED_INTERVAL_S)  # another process may be asked to resume it
 
-    def frame(self, stream: Journaled, seq: int, data: str) -> None:
+    def frame(self, stream: Journaled, seq: int, data: bytes) -> None:
         """A committed frame."""
         if len(self._batch.frames) >= MAX_BUFFERED_FRAMES:
             log.warning("frame journal full (database down?): dropping the oldest frames")

@@ -54,7 +54,7 @@ class StoredStream:
         self.ended = False  # its terminal frame has been read from the journal
         self._store = store
         self._key = key
-        self._frames: deque[str] = deque()
+        self._frames: deque[bytes] = deque()
         self._chars = 0
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
@@ -101,7 +101,8 @@ class StoredStream:
     async def _fetch(self) -> int:
         """Read the next page; how many frames it held."""
         rows = await self._store.stream_frames(self._key, self._seq, limit_runs=PAGE_RUNS)
-        for seq, data in rows:
+        for seq, text in rows:
+            data = text.encode()
             self._frames.append(data)
             self._chars += len(data)
             self._seq = seq
@@ -134,7 +135,7 @@ class StoredStream:
                 self._watcher.watch(self._key, self._new_frames.set)
             if not self._frames and time.monotonic() - self._last_progress > STALLED_S:
                 gone = UpstreamUnavailable("the server generating this stream went away; ask again")
-                self._frames.append(codec.encode(gone.frame(self.id, self._seq + 1)).decode())
+                self._frames.append(codec.encode(gone.frame(self.id, self._seq + 1)))
                 self.ended = True
                 if self.consumer is not None:
                     self.consumer.wake(self)
@@ -143,7 +144,7 @@ class StoredStream:
         """True when frames are waiting."""
         return bool(self._frames)
 
-    def take(self) -> str | None:
+    def take(self) -> bytes | None:
         """The next frame, or None."""
         if not self._frames:
             return None

@@ -24,7 +24,7 @@ class SessionQueries(StoreBase):
     async def write_journal(
         self,
         starts: list[tuple[str, str, str, str]],
-        frames: list[tuple[str, int, str]],
+        frames: list[tuple[str, int, bytes]],
         progress: list[tuple[str, str, str, int, bool]],
         owner: str,
         notices: Sequence[tuple[str, str]] = (),
@@ -218,10 +218,10 @@ class PresenceQueries(StoreBase):
             await conn.execute("DELETE FROM owners WHERE owner = $1", owner)
 
 
-def _runs(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, int, str]]:
+def _runs(frames: list[tuple[str, int, bytes]]) -> list[tuple[str, int, int, str]]:
     """Consecutive frames of each stream as (key, first_seq, last_seq, frames joined by newlines)."""
     runs: list[tuple[str, int, int, str]] = []
-    by_key: dict[str, list[tuple[int, str]]] = {}
+    by_key: dict[str, list[tuple[int, bytes]]] = {}
     for key, seq, frame in frames:
         by_key.setdefault(key, []).append((seq, frame))
     for key, items in by_key.items():
@@ -229,6 +229,7 @@ def _runs(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, int, str]]
         for i in range(1, len(items) + 1):
             if i == len(items) or items[i][0] != items[i - 1][0] + 1:
                 run = items[start:i]
-                runs.append((key, run[0][0], run[-1][0], "\n".join(f for _, f in run)))
+                text = b"\n".join(f for _, f in run).decode()  # one decode per run, not per frame
+                runs.append((key, run[0][0], run[-1][0], text))
                 start = i
     return runs

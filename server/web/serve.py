@@ -16,7 +16,7 @@ from protocol.limits import MAX_FRAME_BYTES
 from server.chat.connection import Connection
 from server.services import Services
 from server.settings import Settings
-from server.web.guard import GuardedConfig, GuardedWebSocketProtocol, connection_cap
+from server.web.protocols import GuardedConfig, GuardedWebSocketProtocol, connection_cap
 
 log = logging.getLogger(__name__)
 

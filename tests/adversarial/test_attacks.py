@@ -780,7 +780,7 @@ async def test_resumes_count_against_the_connection_limit(services: Services) ->
     store = services.store
     for n in range(limit + 2):  # streams generating on another process: journaled, unfinished
         key = f"hoard-{n}-{time.time_ns()}"
-        start = json.dumps({"type": "start", "id": f"r{n}", "seq": 1, "message_id": "m"})
+        start = json.dumps({"type": "start", "id": f"r{n}", "seq": 1, "message_id": "m"}).encode()
         await store.write_journal(
             [("hoarder", f"r{n}", key, "answer")],
             [(key, 1, start)],

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from protocol.frames import Delta, Start
-from server.chat.outbox import Outbox
+from server.chat.outbox import SEND_TEXT, Outbox
 from server.chat.stream import Stream
 
 
@@ -18,6 +18,7 @@ class Socket:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
         self.closed: tuple[int, str] | None = None
+        self.scope: dict[str, Any] = {"extensions": {}}
         self.gate = asyncio.Event()
         self.gate.set()
 
@@ -64,9 +65,9 @@ async def test_control_frames_go_before_stream_frames_and_close_comes_last() -> 
     stream = Stream("s", "u", "answer")
     stream.attach(reader, 0)
     stream.emit(Start, message_id="m")
-    outbox.control('{"type":"pong"}')
+    outbox.control(b'{"type":"pong"}')
     outbox.close(1000, "bye")
-    outbox.control('{"type":"pong","nonce":"2"}')
+    outbox.control(b'{"type":"pong","nonce":"2"}')
     await outbox.run()
     assert [f["type"] for f in socket.sent] == ["pong", "pong"]  # closing drops the streams
     assert socket.closed == (1000, "bye")
@@ -123,7 +124,7 @@ async def test_a_control_backlog_holds_the_reader_until_the_writer_catches_up() 
     socket.gate.clear()
     writer = asyncio.create_task(outbox.run())
     for n in range(5):
-        outbox.control(f'{{"type":"pong","nonce":"{n}"}}')
+        outbox.control(f'{{"type":"pong","nonce":"{n}"}}'.encode())
     assert outbox.backlogged
     drained = asyncio.create_task(outbox.drained())
     await asyncio.sleep(0.01)
@@ -139,10 +140,38 @@ async def test_a_peer_that_stops_reading_is_too_slow() -> None:
     socket = Socket()
     outbox, _, slow = make(socket, send_timeout_s=0.05)
     socket.gate.clear()
-    outbox.control('{"type":"pong"}')
+    outbox.control(b'{"type":"pong"}')
     writer = asyncio.create_task(outbox.run())
     await until(lambda: slow == ["the client stopped reading"])
     outbox.close(1013)
     writer.cancel()
     await asyncio.gather(writer, return_exceptions=True)
     assert not outbox.backlogged  # a stopped writer holds no reader back
+
+
+async def test_frames_go_straight_to_the_protocol_while_it_takes_them() -> None:
+    """The server's protocol offers a direct send (server/web/protocols.py); the writer uses it
+    while it takes frames and waits through ASGI `send` when it pushes back."""
+    socket = Socket()
+    direct: list[bytes] = []
+    pushing_back = False
+
+    def send_text(data: bytes) -> bool:
+        if pushing_back:
+            return False
+        direct.append(data)
+        return True
+
+    socket.scope["extensions"][SEND_TEXT] = send_text
+    outbox, reader, _ = make(socket)
+    stream = Stream("s", "u", "answer")
+    stream.attach(reader, 0)
+    writer = asyncio.create_task(outbox.run())
+    stream.emit(Start, message_id="m")
+    await until(lambda: len(direct) == 1)
+    pushing_back = True
+    stream.emit(Delta, text="x")
+    await until(lambda: len(socket.sent) == 1)
+    outbox.close(1000)
+    await writer
+    assert json.loads(direct[0])["type"] == "start" and socket.sent[0]["text"] == "x"

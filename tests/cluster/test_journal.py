@@ -21,8 +21,8 @@ class JournaledStream:
     ended: bool = False
 
 
-def _frame(seq: int, kind: str = "delta") -> str:
-    return json.dumps({"type": kind, "id": "s", "seq": seq})
+def _frame(seq: int, kind: str = "delta") -> bytes:
+    return json.dumps({"type": kind, "id": "s", "seq": seq}).encode()
 
 
 async def test_close_waits_for_the_write_in_flight(services: Services, database_url: str) -> None:

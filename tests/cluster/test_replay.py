@@ -27,7 +27,7 @@ class Reader:
         self.ended = True
 
 
-def _frames(sid: str, first: int, count: int, *, end: bool = False) -> list[tuple[int, str]]:
+def _frames(sid: str, first: int, count: int, *, end: bool = False) -> list[tuple[int, bytes]]:
     out = []
     for seq in range(first, first + count):
         frame = (
@@ -35,15 +35,15 @@ def _frames(sid: str, first: int, count: int, *, end: bool = False) -> list[tupl
             if seq == 1
             else Delta(id=sid, seq=seq, text=f"{seq} " * 20)
         )
-        out.append((seq, codec.encode(frame).decode()))
+        out.append((seq, codec.encode(frame)))
     if end:
         seq = first + count
         done = Done(id=sid, seq=seq, finish_reason="stop", timings=Timings(1.0, 2.0))
-        out.append((seq, codec.encode(done).decode()))
+        out.append((seq, codec.encode(done)))
     return out
 
 
-async def _journal(store: Store, user: str, sid: str, runs: list[list[tuple[int, str]]]) -> str:
+async def _journal(store: Store, user: str, sid: str, runs: list[list[tuple[int, bytes]]]) -> str:
     """Write a stream as the journal would: one row per run of frames."""
     key = uuid.uuid4().hex
     await store.write_journal([(user, sid, key, "answer")], [], [], "test-process")
@@ -56,7 +56,7 @@ async def _journal(store: Store, user: str, sid: str, runs: list[list[tuple[int,
     return key
 
 
-def _runs(sid: str, runs: int, per_run: int, *, end: bool) -> list[list[tuple[int, str]]]:
+def _runs(sid: str, runs: int, per_run: int, *, end: bool) -> list[list[tuple[int, bytes]]]:
     out, seq = [], 1
     for n in range(runs):
         last_run = n == runs - 1

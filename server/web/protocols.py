@@ -1,7 +1,16 @@
-"""uvicorn's protocols with the limits a public port needs: a deadline for the request head and
-for the WebSocket handshake, and a cap on open connections per process answered with a clean
-503. Without them a peer that sends half a request line holds a socket (and a file descriptor)
-forever, and enough of them lock everyone else out."""
+"""uvicorn's protocols as the chat socket needs them.
+
+The limits a public port needs: a deadline for the request head and for the WebSocket
+handshake, and a cap on open connections per process answered with a clean 503. Without them a
+peer that sends half a request line holds a socket (and a file descriptor) forever, and enough
+of them lock everyone else out.
+
+And a direct way to send a text frame (`SEND_TEXT` in the scope's extensions): the socket's one
+writer hands encoded frames straight to websockets' sans-I/O protocol and the transport while
+the socket can take them, instead of an ASGI `send` per frame (a coroutine, a message dict, and
+the frame's text decoded to `str` only to be encoded again); it waits through ASGI only when the
+transport pushes back.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from server.chat.outbox import SEND_TEXT
 from server.metrics import REFUSED_CONNECTIONS
 
 _TOO_MANY = (
@@ -89,8 +99,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """The socket's protocol: a deadline for the handshake (the app accepting), and the upgrade
-    requests websockets refuses answered.
+    """The socket's protocol: a deadline for the handshake (the app accepting), the upgrade
+    requests websockets refuses answered, and `send_text_now` offered to the app.
 
     When websockets cannot parse the upgrade request (a header line over 8 KiB, too many
     headers) it queues a 4xx answer that uvicorn never sends, leaving the socket open and
@@ -104,6 +114,23 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         timeout = getattr(config, "handshake_timeout_s", None)
         if timeout is not None:
             self._handshake_timer = self.loop.call_later(timeout, self._handshake_too_slow)
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # accepted by websockets: the app runs on this scope
+            scope["extensions"][SEND_TEXT] = self.send_text_now
+
+    def send_text_now(self, data: bytes) -> bool:
+        """Write one text frame (UTF-8 `data`) at once; False when it cannot be written now (the
+        transport pushes back, or the socket is closing) and the ASGI `send` must be used."""
+        if not self.handshake_complete or self.close_sent or not self.writable.is_set():
+            return False
+        if self.disconnected or self.transport.is_closing():
+            return False
+        self.conn.send_text(data)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
