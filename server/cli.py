@@ -65,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--corpora", type=Path, default=Path("../shared/corpora"))
     evaluate.add_argument("--k", type=int, default=6, help="passages sent as sources (default 6)")
     evaluate.add_argument("--misses", action="store_true", help="list the items that missed")
+    evaluate.add_argument(
+        "--gaps",
+        type=Path,
+        metavar="OFF_BOOK_SET",
+        help="instead: calibrate UNANSWERABLE_SIMILARITY with off-book questions (eval/off_book.jsonl)",
+    )
 
     token = commands.add_parser("token", help="print an HS256 token for a user")
     token.add_argument("--sub", required=True, help="user id")
@@ -104,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return run_coroutine(_migrate(settings))
         if args.command == "eval-retrieval":
+            if args.gaps is not None:
+                return run_coroutine(
+                    _calibrate(settings, args.eval_set, args.gaps, args.corpora, args.k)
+                )
             return run_coroutine(
                 _evaluate(settings, args.eval_set, args.corpora, args.k, args.misses)
             )
@@ -189,6 +199,35 @@ async def _evaluate(
     print(report(outcomes, k))
     if show_misses:
         print(misses(outcomes))
+    return 0
+
+
+async def _calibrate(
+    settings: Settings, eval_set: Path, off_book: Path, corpora: Path, k: int
+) -> int:
+    from server.retrieval.embeddings import LocalEmbedder
+    from server.tools.evaluation import CachedEmbedder, load_items
+    from server.tools.gap_calibration import (
+        choose_threshold,
+        load_off_book,
+        measure,
+        report,
+        worst,
+    )
+
+    inside = await asyncio.to_thread(load_items, eval_set)
+    outside = await asyncio.to_thread(load_off_book, off_book)
+    embedder = CachedEmbedder(LocalEmbedder(), settings.data_dir / "eval-embeddings.npz")
+    try:
+        measured = await measure(inside, outside, corpora, embedder, k=k)
+    finally:
+        await embedder.aclose()
+    threshold = choose_threshold(
+        [m.similarity for m in measured if m.group.startswith("in:")],
+        [m.similarity for m in measured if m.group.startswith("off:")],
+    )
+    print(report(measured, threshold))
+    print(worst(measured, threshold))
     return 0
 
 

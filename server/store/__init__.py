@@ -5,11 +5,21 @@ from __future__ import annotations
 from server.store.base import MIGRATIONS_DIR, StoreBase
 from server.store.book import BookQueries, CachedChapter, ChapterRow, SectionRow
 from server.store.conversations import ConversationQueries, MessageOutcome, Turn
+from server.store.insights import InsightQueries
 from server.store.jobs import ChapterJobQueries
+from server.store.readers import ReaderQueries
 from server.store.sessions import PresenceQueries, SessionQueries, StreamRecord
 
 
-class Store(BookQueries, ConversationQueries, SessionQueries, PresenceQueries, ChapterJobQueries):
+class Store(
+    BookQueries,
+    ConversationQueries,
+    SessionQueries,
+    PresenceQueries,
+    ChapterJobQueries,
+    ReaderQueries,
+    InsightQueries,
+):
     """The project's Postgres access; one pool per process."""
 
 
