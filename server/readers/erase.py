@@ -61,9 +61,10 @@ async def erase_reader(
 async def _stop(services: Services, user_id: str, scope: Scope) -> int:
     if scope.empty:
         return 0
+    remote = await _remote_streams(services, user_id, scope)  # before the notice stops them
     await _notify(services, user_id, scope)  # the other processes start cancelling at once
     here = services.registry.erase(user_id, scope.matches_stream)
-    remote = await _remote_streams(services, user_id, scope)
+    stopped = len(here) + len(remote)
     for sid in remote:  # also directly, in case a process missed the notice
         with contextlib.suppress(ChatError):
             await services.cluster.cancel_remote(user_id, sid)
@@ -81,7 +82,7 @@ async def _stop(services: Services, user_id: str, scope: Scope) -> int:
         remote = await _remote_streams(services, user_id, scope)
     if remote:
         log.warning("%d remote streams of a reader being erased did not stop in time", len(remote))
-    return len(here) + len(remote)
+    return stopped
 
 
 async def _remote_streams(services: Services, user_id: str, scope: Scope) -> list[str]:
