@@ -174,7 +174,8 @@ class SectionCount(msgspec.Struct, frozen=True):
 
 
 class ChapterInsight(msgspec.Struct, frozen=True):
-    """Questions answered from a chapter (its best source), highlights made on it, ratings."""
+    """Questions the book could answer whose best source is in this chapter, with their
+    ratings, and the passages of the chapter readers highlighted to ask about."""
 
     chapter: str
     title: str

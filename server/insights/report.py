@@ -210,10 +210,11 @@ def _chapters(asked: list[_Asked], outline: Sequence[BookChapter]) -> list[Chapt
     highlights: Counter[str] = Counter()
     for a in asked:
         chapter = a.top.chapter if a.top else None
+        # the best source of a question the book had nothing close to is not where it belongs
         if chapter and not a.unanswerable:
             questions[chapter].append(a)
-        if chapter and a.row.rating is not None:
-            ratings[chapter][a.row.rating] += 1
+            if a.row.rating is not None:
+                ratings[chapter][a.row.rating] += 1
         if a.row.selection:
             where = a.row.page_chapter or chapter
             if where:
