@@ -129,10 +129,3 @@ def group_questions(
                 centroids = np.vstack([centroids, unit[d][None, :]])
                 groups += 1
     return [label_of[distinct[key]] for key in keys]
-
-
-def medoid(vectors: Matrix) -> int:
-    """The row most similar on average to the others (the group's most typical question)."""
-    unit = normalise_rows(vectors)
-    centre = unit.mean(axis=0)
-    return int(np.argmax(unit @ centre))
