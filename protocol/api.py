@@ -162,7 +162,7 @@ class TopicGroup(msgspec.Struct, frozen=True):
     failing: int  # questions unanswerable, not covered or rated down (each counted once)
     gap_readers: int  # readers who asked one of those
     mean_similarity: float | None
-    nearest: SourceRef | None  # where the book came closest
+    nearest: SourceRef | None  # where the book came closest; None when nothing came close
     examples: list[str]
 
 

@@ -18,7 +18,7 @@ _CSS = """
 *{box-sizing:border-box}body{margin:0;color:var(--fg);font:15px/1.5 system-ui,"Segoe UI",Roboto,sans-serif;background:#fff}
 main{max-width:1100px;margin:0 auto;padding:24px}h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:32px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
 .muted{color:var(--muted)}.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
-.card{flex:1 1 140px;border:1px solid var(--line);border-radius:10px;padding:10px 14px}.card b{display:block;font-size:24px}
+.card{flex:1 1 100px;border:1px solid var(--line);border-radius:10px;padding:10px 14px}.card b{display:block;font-size:24px}
 table{border-collapse:collapse;width:100%;font-size:14px}th,td{border-bottom:1px solid var(--line);padding:6px 8px;text-align:left;vertical-align:top}
 th{background:var(--soft)}td.n{text-align:right;font-variant-numeric:tabular-nums}
 details{border:1px solid var(--line);border-radius:8px;padding:8px 12px;margin:8px 0}summary{cursor:pointer;font-weight:600}
@@ -135,8 +135,9 @@ def _bars(
     title: str,
     rows: Sequence[tuple[str, list[tuple[float, str]], str]],
     *,
-    label_width: int = 430,
-    bar_width: int = 560,
+    label_width: int = 400,
+    bar_width: int = 480,
+    note_width: int = 200,
 ) -> str:
     """A horizontal bar chart: each row a label, stacked segments (value, css class), a note."""
     height = 26
@@ -144,7 +145,7 @@ def _bars(
     total = max((sum(v for v, _ in segs) for _, segs, _ in rows), default=0) or 1
     scale = bar_width / total
     out = [
-        f'<svg role="img" aria-label="{escape(title)}" viewBox="0 0 {label_width + bar_width + 90}'
+        f'<svg role="img" aria-label="{escape(title)}" viewBox="0 0 {label_width + bar_width + note_width}'
         f' {top + height * len(rows) + 8}" xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title>",
         f'<line class="axis" x1="{label_width}" y1="0" x2="{label_width}"'

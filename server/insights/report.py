@@ -174,8 +174,8 @@ def _group_fields(
         if asked[i].display.lower() not in (s.lower() for s in seen):
             seen.append(asked[i].display)
     sims = [s for i in idx if (s := asked[i].row.best_similarity) is not None]
-    closest = max(
-        (i for i in idx if asked[i].top is not None),
+    closest = max(  # where the book came closest, if it came close at all
+        (i for i in idx if asked[i].top is not None and not asked[i].unanswerable),
         key=lambda i: (asked[i].row.best_similarity or 0.0, -i),
         default=None,
     )
