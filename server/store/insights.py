@@ -58,7 +58,17 @@ class InsightQueries(StoreBase):
                 since,
                 until,
             )
-        return [QuestionRow(**{**dict(r), "sources": json.loads(r["sources"])}) for r in rows]
+        return [
+            QuestionRow(
+                **{
+                    **dict(r),
+                    "sources": json.loads(r["sources"]),
+                    # a `real` column: 0.1626, not 0.16259999573230743
+                    "best_similarity": _round(r["best_similarity"]),
+                }
+            )
+            for r in rows
+        ]
 
     async def book_outline(self) -> list[BookChapter]:
         """The book's chapters in order, each with its sections' titles in order."""
@@ -74,3 +84,7 @@ class InsightQueries(StoreBase):
             BookChapter(c["id"], c["title"], c["url"], by_chapter.get(c["id"], []))
             for c in chapters
         ]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
