@@ -33,7 +33,7 @@ def says_not_covered(answer: str) -> bool:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AnswerSignals:
-    """Recorded with a message for the authors' insights (sql/008_ratings_and_insights.sql)."""
+    """Recorded with a message for the authors' insights (sql/009_ratings_and_insights.sql)."""
 
     best_similarity: float
     not_covered: bool

@@ -33,7 +33,7 @@ class MessageOutcome:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     timings: dict[str, float] | None = None
-    best_similarity: float | None = None  # see sql/008_ratings_and_insights.sql
+    best_similarity: float | None = None  # see sql/009_ratings_and_insights.sql
     not_covered: bool | None = None
 
 
