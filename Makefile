@@ -7,10 +7,12 @@ CHROMIUM := /usr/bin/chromium
 BETTER_AUTH := examples/better-auth
 BETTER_AUTH_STAMP := $(BETTER_AUTH)/node_modules/.installed
 HAPROXY := /usr/sbin/haproxy
+DOCUSAURUS_SITE := examples/docusaurus
+DOCUSAURUS_STAMP := $(DOCUSAURUS_SITE)/node_modules/.installed
 
 .PHONY: install serve test lint typecheck fmt clean
 
-install: $(STAMP) $(BETTER_AUTH_STAMP)
+install: $(STAMP) $(BETTER_AUTH_STAMP) $(DOCUSAURUS_STAMP)
 
 # Reinstall only when the dependency list changes; the stamp keeps repeat runs instant.
 $(STAMP): pyproject.toml Makefile
@@ -33,6 +35,15 @@ $(BETTER_AUTH_STAMP): $(BETTER_AUTH)/package.json $(BETTER_AUTH)/package-lock.js
 		cd $(BETTER_AUTH) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
 	else \
 		echo "npm not found: $(BETTER_AUTH) not installed, its tests will be skipped"; \
+	fi
+
+# The Docusaurus plugin's tests build examples/docusaurus, a site of a corpus book with the plugin,
+# from exactly what its lockfile pins (the plugin itself is linked from clients/). Skipped the same way.
+$(DOCUSAURUS_STAMP): $(DOCUSAURUS_SITE)/package.json $(DOCUSAURUS_SITE)/package-lock.json clients/docusaurus-plugin/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(DOCUSAURUS_SITE) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+		echo "npm not found: $(DOCUSAURUS_SITE) not installed, the Docusaurus plugin's tests will be skipped"; \
 	fi
 
 # The proxy topology test runs Debian's haproxy on deploy/haproxy/haproxy.cfg; installed and
@@ -60,3 +71,4 @@ fmt: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(BETTER_AUTH)/node_modules
+	rm -rf $(DOCUSAURUS_SITE)/node_modules $(DOCUSAURUS_SITE)/.docusaurus $(DOCUSAURUS_SITE)/build

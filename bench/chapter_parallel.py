@@ -49,7 +49,7 @@ async def _time_one(model: OpenAIChatModel, markdown: str, concurrency: int) -> 
 async def main(tps: float, chapters: int) -> None:
     async with FakeLLM(FakeLLMConfig(echo=True, tokens_per_second=tps)) as fake:
         client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="bench")
-        model = OpenAIChatModel(client, "fake", max_tokens=4096)
+        model = OpenAIChatModel(client, "fake", max_tokens=4096, first_byte_s=60.0)
         book = load_book(SAMPLE_BOOK_DIR)[:chapters]
         rows = []
         for chapter in book:

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from protocol import languages
 from protocol.frames import ClientFrame, ServerFrame
 from protocol.limits import STREAM_ID_MAX
 
@@ -21,16 +22,26 @@ _encoder = msgspec.json.Encoder()
 
 def decode_client(data: str | bytes) -> ClientFrame:
     """Decode one client frame; raise DecodeError naming the offending field."""
-    if (b"\\u0000" if isinstance(data, bytes) else "\\u0000") in data:  # type: ignore[operator]
-        raise DecodeError("NUL characters (\\u0000) are not allowed in frames")
     try:
         return _client_decoder.decode(data)
     except msgspec.ValidationError as exc:
-        raise DecodeError(str(exc)) from None
+        raise DecodeError(readable(exc)) from None
     except msgspec.DecodeError as exc:
         raise DecodeError(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise DecodeError("JSON nested too deeply") from None
+
+
+def readable(exc: msgspec.ValidationError) -> str:
+    """msgspec's message, with the no-NUL and language patterns said in words."""
+    message = str(exc)
+    where = message.partition(" - at ")[2]
+    at = f" - at {where}" if where else ""
+    if "x00]*$'" in message:
+        return "NUL characters (\\u0000) are not allowed" + at
+    if repr(languages.PATTERN) in message:  # msgspec quotes the pattern as Python does
+        return "not a language we translate into (a code such as `ur` or `ur-PK`)" + at
+    return message
 
 
 def invalid_frame_id(text: str) -> str | None:

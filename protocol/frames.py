@@ -7,21 +7,25 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from protocol import languages
 from protocol.codes import ERRORS, ErrorCode
 from protocol.limits import MAX_FRAME_BYTES, MAX_QUESTION_CHARS, MAX_SELECTION_CHARS, STREAM_ID_MAX
 
 PROTOCOL_VERSION = 1
 
-StreamId = Annotated[str, Meta(min_length=1, max_length=STREAM_ID_MAX)]
-Token = Annotated[str, Meta(min_length=1, max_length=16_384)]
-Question = Annotated[str, Meta(min_length=1, max_length=MAX_QUESTION_CHARS)]
-SelectionText = Annotated[str, Meta(min_length=1, max_length=MAX_SELECTION_CHARS)]
-ShortText = Annotated[str, Meta(max_length=2048)]
-ChapterRef = Annotated[str, Meta(min_length=1, max_length=256)]
-LanguageCode = Annotated[str, Meta(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=35)]
-Nonce = Annotated[str, Meta(max_length=128)]
+# No string a client sends may hold NUL: Postgres cannot store it. (Lone surrogates never get
+# this far: msgspec's JSON parser refuses them.)
+NO_NUL = r"^[^\x00]*$"
+StreamId = Annotated[str, Meta(min_length=1, max_length=STREAM_ID_MAX, pattern=NO_NUL)]
+Token = Annotated[str, Meta(min_length=1, max_length=16_384, pattern=NO_NUL)]
+Question = Annotated[str, Meta(min_length=1, max_length=MAX_QUESTION_CHARS, pattern=NO_NUL)]
+SelectionText = Annotated[str, Meta(min_length=1, max_length=MAX_SELECTION_CHARS, pattern=NO_NUL)]
+ShortText = Annotated[str, Meta(max_length=2048, pattern=NO_NUL)]
+ChapterRef = Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_NUL)]
+LanguageCode = Annotated[str, Meta(pattern=languages.PATTERN, max_length=35)]
+Nonce = Annotated[str, Meta(max_length=128, pattern=NO_NUL)]
 Seq = Annotated[int, Meta(ge=0)]
-ConversationId = Annotated[str, Meta(min_length=1, max_length=64)]
+ConversationId = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 
 Mode = Literal["personalize", "translate"]
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -74,6 +78,10 @@ class Chapter(_Frame, frozen=True, tag="chapter"):
     chapter: ChapterRef
     mode: Mode
     language: LanguageCode | None = None
+
+    def __post_init__(self) -> None:
+        if self.language is not None and not languages.is_known(self.language):
+            raise ValueError(f"language {self.language!r} is not one we translate into")
 
 
 class Cancel(_Frame, frozen=True, tag="cancel"):

@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from protocol.frames import LanguageCode
+from protocol import languages
+from protocol.frames import NO_NUL, LanguageCode
 
-Background = Annotated[str, Meta(max_length=2000)]
+Background = Annotated[str, Meta(max_length=2000, pattern=NO_NUL)]
 Level = Literal["beginner", "intermediate", "advanced"]
 
 
@@ -20,3 +21,7 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     hardware_background: Background
     level: Level
     language: LanguageCode | None = None
+
+    def __post_init__(self) -> None:
+        if self.language is not None and not languages.is_known(self.language):
+            raise ValueError(f"language {self.language!r} is not one we translate into")

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -134,9 +135,33 @@ class TokenVerifier:
         except (TypeError, ValueError):  # an algorithm that does not fit the key of its kid
             raise Unauthorized("invalid token: algorithm does not match the key") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 255 or "\x00" in sub:
+        if not isinstance(sub, str) or not sub or len(sub) > 255 or _CONTROL.search(sub):
             raise Unauthorized("invalid token: bad sub")
-        return Identity(user_id=sub, expires_at=int(claims["exp"]), claims=claims)
+        if not _is_text(claims):
+            raise Unauthorized("invalid token: claims that are not valid UTF-8 text")
+        exp = claims["exp"]
+        if not isinstance(exp, int | float) or not 0 < exp < 2**53:
+            raise Unauthorized("invalid token: bad exp")
+        return Identity(user_id=sub, expires_at=int(exp), claims=claims)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _is_text(value: Any) -> bool:
+    """No string anywhere in the claims holds a lone surrogate (JSON allows the escape; UTF-8, and
+    so Postgres and every encoder after it, does not)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_is_text(k) and _is_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_text(v) for v in value)
+    return True
 
 
 def _reason(exc: jwt.PyJWTError) -> str:

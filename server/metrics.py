@@ -35,6 +35,11 @@ SERVER_ADDED = Histogram(
 )
 ERRORS = Counter("chat_errors_total", "Error frames sent, by code", ["code"])
 MERGES = Counter("chat_outbox_merges_total", "Deltas merged into a waiting one for a slow reader")
+REFUSED_CONNECTIONS = Counter(
+    "chat_refused_connections_total",
+    "Connections refused or cut before they were served: too many open, or too slow to send a request",
+    ["reason"],
+)
 SLOW_CLOSES = Counter(
     "chat_slow_client_closes_total", "Sockets closed with 1013 for reading too slowly"
 )

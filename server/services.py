@@ -137,7 +137,10 @@ class Services:
             model: ChatModel
             if llm_client is not None:
                 model = OpenAIChatModel(
-                    llm_client, settings.chat_model, max_tokens=settings.max_answer_tokens
+                    llm_client,
+                    settings.chat_model,
+                    max_tokens=settings.max_answer_tokens,
+                    first_byte_s=settings.model_timeout_s,
                 )
             else:
                 log.warning(
@@ -230,7 +233,9 @@ async def connect_store(
         dsn = await asyncio.to_thread(embedded_pg.start)
         stack.push_async_callback(asyncio.to_thread, embedded_pg.stop)
     try:
-        store = await Store.connect(dsn)
+        store = await Store.connect(
+            dsn, max_size=settings.database_pool_size, wait_s=settings.database_wait_s
+        )
     except ChatError as exc:
         variable = "DATABASE_URL" if settings.database_url else "DATA_DIR (embedded PostgreSQL)"
         raise ConfigError(f"{variable}: cannot connect to PostgreSQL ({exc.message})") from None

@@ -39,6 +39,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     data_dir: Path
     database_url: str | None = None
+    # Connections per process, and how long a query queues for one: under a load the server
+    # accepts, a busy pool must slow answers down, never fail them.
+    database_pool_size: Annotated[int, Meta(ge=2, le=500)] = 20
+    database_wait_s: Annotated[float, Meta(ge=1, le=600)] = 30.0
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     qdrant_collection: str = "textbook_chunks"
@@ -55,10 +59,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_algorithms: tuple[str, ...] = ()  # empty: chosen from what is configured
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For/-Proto is believed
+    metrics_token: str | None = None  # /metrics wants it as a bearer token
+    metrics_port: Annotated[int, Meta(ge=0, le=65_535)] = 0  # /metrics on its own port instead
+    metrics_host: str = "127.0.0.1"
     book_dir: Path = SAMPLE_BOOK_DIR
     max_streams_per_connection: Annotated[int, Meta(ge=1, le=256)] = DEFAULT_LIMITS.max_streams
     max_streams_per_user: Annotated[int, Meta(ge=1, le=1_000_000)] = 16
     max_connections_per_user: Annotated[int, Meta(ge=1, le=1_000_000)] = 8
+    max_connections: Annotated[int, Meta(ge=0, le=10_000_000)] = 0  # 0: from the open-files limit
+    handshake_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 10.0
     requests_per_minute: Count = 30  # 0 disables
     completion_tokens_per_day: Annotated[int, Meta(ge=0, le=10**12)] = 200_000  # 0 disables
     resume_grace_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0

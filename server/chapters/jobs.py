@@ -120,6 +120,9 @@ class _Wakeup:
     def wake(self, stream: StoredStream) -> None:
         self.arrived.set()
 
+    def replayed(self, stream: StoredStream) -> None:
+        pass
+
 
 class JobShare:
     """Claims chapter jobs in Postgres for this process, or follows the process that holds one."""

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from protocol import languages
 from protocol.frames import Chapter as ChapterFrame
 from protocol.frames import Delta, Start, Usage
 from protocol.profile import Profile
@@ -19,7 +20,6 @@ from server.auth import Identity
 from server.chapters.jobs import ChapterHub, ChapterJob
 from server.chapters.rewrite import (
     Section,
-    direction,
     first_placeholders,
     personalize_prompt,
     profile_fingerprint,
@@ -139,7 +139,7 @@ class ChapterRun:
         await self.limiter.admit(self.identity.user_id)
         request = await self._request()
         language = request.language if request.mode == "translate" else None
-        stream.emit(Start, message_id=str(uuid.uuid4()), direction=direction(language or "en"))
+        stream.emit(Start, message_id=str(uuid.uuid4()), direction=languages.direction(language))
         key = request.key()
         if request.mode == "personalize":  # erased with the reader's data (server/readers/)
             await self.store.note_chapter_reader(self.identity.user_id, key)

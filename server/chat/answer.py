@@ -15,6 +15,7 @@ from server.chat.lifecycle import Outcome
 from server.chat.llm import Generation
 from server.chat.prompt import PromptSource, build_prompt
 from server.chat.stream import Stream
+from server.cluster.journal import PROCESS_ID
 from server.errors import ChatError, DatabaseUnavailable, NotFound
 from server.insights.signals import answer_signals, count_unanswerable
 from server.metrics import DATABASE, MODEL_FIRST_CHUNK, MODEL_STREAM
@@ -68,6 +69,7 @@ class AnswerRun:
             selection=msgspec.to_builtins(ask.selection) if ask.selection else None,
             chapter_id=chapter_id,
             model=s.model.name,
+            owner=PROCESS_ID,
         )
         self.spans["db_ms"] += (time.perf_counter() - t) * 1000.0
         DATABASE.observe(self.spans["db_ms"] / 1000.0)

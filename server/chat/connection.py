@@ -317,8 +317,6 @@ class Connection:
             self._refuse(sid, NotFound(f"no stream {sid!r} to resume"))
             return
         self.streams[sid] = stored
-        if stored.ended:
-            self.rules.stream_ended(sid)
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -329,14 +327,18 @@ class Connection:
         # stream holds BUFFER_CHECK_CHARS: the total stays under the limit plus that much per
         # stream.
         if (
-            isinstance(stream, Stream)
-            and stream.buffered_chars() > BUFFER_CHECK_CHARS
+            stream.buffered_chars() > BUFFER_CHECK_CHARS
             and self._buffered_chars() > self.limits.max_buffered_chars
         ):
             self._too_slow("the client reads too slowly")
 
+    def replayed(self, stream: StoredStream) -> None:
+        """A stored stream's terminal frame went out: it counts as running no more."""
+        if self.streams.get(stream.id) is stream:
+            self.rules.stream_ended(stream.id)
+
     def _buffered_chars(self) -> int:
-        return sum(s.buffered_chars() for s in self.streams.values() if isinstance(s, Stream))
+        return sum(s.buffered_chars() for s in self.streams.values())
 
     def _too_slow(self, why: str) -> None:
         log.info("closing %s with 1013: %s", self.session_id, why)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from collections.abc import AsyncIterator
@@ -78,25 +79,40 @@ class OpenAIChatModel:
     """Any OpenAI-compatible chat completions endpoint, streamed."""
 
     def __init__(
-        self, client: openai.AsyncOpenAI, model: str, *, max_tokens: int, temperature: float = 0.2
+        self,
+        client: openai.AsyncOpenAI,
+        model: str,
+        *,
+        max_tokens: int,
+        first_byte_s: float,
+        temperature: float = 0.2,
     ) -> None:
         self.name = model
         self._client = client
         self._max_tokens = max_tokens
+        self._first_byte_s = first_byte_s
         self._temperature = temperature
 
     async def stream(self, prompt: Prompt, generation: Generation) -> AsyncIterator[str]:
-        """Stream the completion's text; closing the generator closes the upstream HTTP stream."""
+        """Stream the completion's text; closing the generator closes the upstream HTTP stream.
+
+        One deadline covers the request up to the model's first bytes, the SDK's retries
+        included: a reader waits MODEL_TIMEOUT_SECONDS at most, not that times the retries."""
         try:
-            async with self._client.chat.completions.with_streaming_response.create(
-                model=self.name,
-                messages=cast(Any, prompt.messages),  # plain role/content dicts
-                stream=True,
-                stream_options={"include_usage": True},
-                max_tokens=self._max_tokens,
-                temperature=self._temperature,
-            ) as response:
+            async with (
+                asyncio.timeout(self._first_byte_s) as first_bytes,
+                self._client.chat.completions.with_streaming_response.create(
+                    model=self.name,
+                    messages=cast(Any, prompt.messages),  # plain role/content dicts
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    max_tokens=self._max_tokens,
+                    temperature=self._temperature,
+                ) as response,
+            ):
                 async for data in sse_data(response.http_response.aiter_bytes()):
+                    if first_bytes.when() is not None:
+                        first_bytes.reschedule(None)  # from here the SDK's read timeout holds
                     if data == b"[DONE]":
                         break
                     try:
@@ -113,8 +129,12 @@ class OpenAIChatModel:
                             generation.finish_reason = (
                                 "length" if choice.finish_reason == "length" else "stop"
                             )
-                        if choice.delta is not None and choice.delta.content:
-                            yield choice.delta.content
+                        if choice.delta is not None and (text := choice.delta.content):
+                            if "\x00" in text:  # Postgres cannot store NUL: never pass it on
+                                text = text.replace("\x00", "")
+                                if not text:
+                                    continue
+                            yield text
         except openai.APIStatusError as exc:
             status = exc.status_code
             retryable = status == 429 or status >= 500
@@ -124,6 +144,10 @@ class OpenAIChatModel:
         except (openai.APIConnectionError, openai.APITimeoutError, httpx2.HTTPError):
             raise UpstreamUnavailable(
                 "the model provider could not be reached or broke off"
+            ) from None
+        except TimeoutError:
+            raise UpstreamUnavailable(
+                f"the model provider did not answer within {self._first_byte_s:g} s"
             ) from None
 
 

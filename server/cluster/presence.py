@@ -14,6 +14,7 @@ from collections.abc import Callable
 from server.chat.registry import StreamRegistry
 from server.cluster.bus import CANCEL, FOLLOW, FRAMES, PRESENCE, SEP, Bus
 from server.cluster.journal import PROCESS_ID, FrameJournal
+from server.cluster.recovery import recover_orphans
 from server.errors import ChatError, TooManyStreams
 from server.settings import Settings
 from server.store import Store
@@ -85,15 +86,20 @@ class Cluster:
             await asyncio.sleep(SYNC_DELAY_S)
 
     async def _prune_loop(self) -> None:
-        """Forget what outlived its use: streams past retention, rate windows, chapter claims."""
+        """Settle answers of processes that died; forget what outlived its use: streams past
+        retention, rate windows, chapter claims."""
+        at_start = True
         while True:
-            await asyncio.sleep(PRUNE_INTERVAL_S)
             try:
-                await self._store.prune_streams(self._settings.resume_retention_s, ABANDONED_S)
-                await self._store.prune_rate_windows()
-                await self._store.prune_chapter_jobs()
+                await recover_orphans(self._store, PROCESS_ID, at_start=at_start)
+                if not at_start:
+                    await self._store.prune_streams(self._settings.resume_retention_s, ABANDONED_S)
+                    await self._store.prune_rate_windows()
+                    await self._store.prune_chapter_jobs()
             except ChatError as exc:
                 log.warning("pruning failed: %s", exc.message)
+            at_start = False
+            await asyncio.sleep(PRUNE_INTERVAL_S)
 
     async def _announce(self) -> None:
         if self.bus is not None:  # listening first: of two starting together, one hears the other

@@ -20,13 +20,17 @@ log = logging.getLogger(__name__)
 JOURNAL_LAG_S = 1.0  # how long the journal may trail the process generating a stream
 POLL_S = 1.0  # without notifications (no listener, or a pooled connection) polling still finishes the job
 FOLLOW_RENEW_S = 30.0  # the owner flushes a followed stream promptly for 60 s per request
-STALLED_S = 60.0  # an unfinished stream with no new frame for this long lost its process
+STALLED_S = 60.0
+PAGE_RUNS = 8  # journal rows (runs of frames) read at a time  # an unfinished stream with no new frame for this long lost its process
 
 
 class Reader(Protocol):
     """The connection the replayed frames go to."""
 
     def wake(self, stream: StoredStream) -> None: ...
+
+    def replayed(self, stream: StoredStream) -> None:
+        """The stream's terminal frame was taken: it no longer counts as running."""
 
 
 class Watcher(Protocol):
@@ -38,22 +42,26 @@ class Watcher(Protocol):
 
 
 class StoredStream:
-    """Frames of a journaled stream after `after_seq`, then, while it still runs elsewhere, the new ones."""
+    """Frames of a journaled stream after `after_seq`, then, while it still runs elsewhere, the
+    new ones. Read a page at a time, as the reader takes them: a long stream replayed to a
+    reader that does not read costs one page of memory, not the whole stream."""
 
     def __init__(
         self, store: Store, stream_id: str, key: str, reader: Reader, watcher: Watcher | None = None
     ) -> None:
         self.id = stream_id
         self.consumer: Reader | None = reader
-        self.ended = False
+        self.ended = False  # its terminal frame has been read from the journal
         self._store = store
         self._key = key
         self._frames: deque[str] = deque()
+        self._chars = 0
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._last_progress = time.monotonic()
         self._watcher = watcher
         self._new_frames = asyncio.Event()
+        self._taken = asyncio.Event()  # the reader emptied the page
 
     @classmethod
     async def open(
@@ -85,37 +93,46 @@ class StoredStream:
         stream._seq = after_seq
         await stream._fetch()
         if not stream.ended:
-            if watcher is not None:
+            if watcher is not None and not record.finished:
                 watcher.watch(record.key, stream._new_frames.set)
-            stream._task = asyncio.create_task(stream._follow(), name=f"follow:{stream_id}")
+            stream._task = asyncio.create_task(stream._pump(), name=f"replay:{stream_id}")
         return stream
 
-    async def _fetch(self) -> None:
-        rows = await self._store.stream_frames(self._key, self._seq)
-        for seq, frame in rows:
-            data = frame
+    async def _fetch(self) -> int:
+        """Read the next page; how many frames it held."""
+        rows = await self._store.stream_frames(self._key, self._seq, limit_runs=PAGE_RUNS)
+        for seq, data in rows:
             self._frames.append(data)
+            self._chars += len(data)
             self._seq = seq
             self.ended = self.ended or is_terminal(data)
         if rows:
             self._last_progress = time.monotonic()
             if self.consumer is not None:
                 self.consumer.wake(self)
+        return len(rows)
 
-    async def _follow(self) -> None:
+    async def _pump(self) -> None:
+        """The next page once the reader took this one; new frames as they are journaled."""
         renew_at = time.monotonic() + FOLLOW_RENEW_S
         while not self.ended:
+            if self._frames:
+                await self._taken.wait()
+                self._taken.clear()
+                self._last_progress = time.monotonic()  # a slow reader is not a stalled stream
+                continue
+            try:
+                if await self._fetch():
+                    continue  # more may be stored already
+            except ChatError:
+                pass
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new_frames.wait(), POLL_S)
             self._new_frames.clear()
             if self._watcher is not None and time.monotonic() > renew_at:
                 renew_at = time.monotonic() + FOLLOW_RENEW_S
                 self._watcher.watch(self._key, self._new_frames.set)
-            try:
-                await self._fetch()
-            except ChatError:
-                continue
-            if not self.ended and time.monotonic() - self._last_progress > STALLED_S:
+            if not self._frames and time.monotonic() - self._last_progress > STALLED_S:
                 gone = UpstreamUnavailable("the server generating this stream went away; ask again")
                 self._frames.append(codec.encode(gone.frame(self.id, self._seq + 1)).decode())
                 self.ended = True
@@ -128,7 +145,19 @@ class StoredStream:
 
     def take(self) -> str | None:
         """The next frame, or None."""
-        return self._frames.popleft() if self._frames else None
+        if not self._frames:
+            return None
+        data = self._frames.popleft()
+        self._chars -= len(data)
+        if not self._frames:
+            self._taken.set()
+            if self.ended and self.consumer is not None:
+                self.consumer.replayed(self)
+        return data
+
+    def buffered_chars(self) -> int:
+        """Text read from the journal that the reader has not taken yet."""
+        return self._chars
 
     def close(self) -> None:
         """The reader is gone: stop following."""

@@ -64,8 +64,11 @@ async def ingest_book(
     report.points = len(units)
 
     stored_hashes = await store.chapter_hashes()
+    stored_links = await store.chapter_titles()
     for chapter in chapters:
-        if stored_hashes.get(chapter.id) != chapter.content_hash:
+        # Another base URL or slug moves a chapter without changing its text.
+        moved = stored_links.get(chapter.id) != (chapter.title, chapter.url)
+        if moved or stored_hashes.get(chapter.id) != chapter.content_hash:
             await store.save_chapter(_chapter_row(chapter), _section_rows(chapter))
             report.chapters_changed += 1
     report.chapters_deleted = len(await store.delete_chapters_except([c.id for c in chapters]))

@@ -36,7 +36,8 @@ class IndexUnit:
 
 def index_units(chunk: Chunk, window_chars: int = WINDOW_CHARS) -> list[IndexUnit]:
     """The chunk as a whole, plus its windows when it is long enough to blur."""
-    units = [IndexUnit(chunk.id, chunk.text, chunk.content_hash, chunk)]
+    # A point's hash covers its link too, so another base URL or slug re-indexes the passage.
+    units = [IndexUnit(chunk.id, chunk.text, _linked(chunk, chunk.content_hash), chunk)]
     crumb, sep, body = chunk.text.partition("\n\n")
     if not sep:
         crumb, body = "", chunk.text
@@ -60,8 +61,12 @@ def index_units(chunk: Chunk, window_chars: int = WINDOW_CHARS) -> list[IndexUni
     for i, window in enumerate(windows):
         text = f"{crumb}\n\n{window}" if crumb else window
         point_id = str(uuid.uuid5(uuid.UUID(chunk.id), f"window:{i}:{sha256(text)}"))
-        units.append(IndexUnit(point_id, text, sha256(text), chunk))
+        units.append(IndexUnit(point_id, text, _linked(chunk, sha256(text)), chunk))
     return units
+
+
+def _linked(chunk: Chunk, text_hash: str) -> str:
+    return sha256(f"{chunk.url}\n{text_hash}")
 
 
 def _pieces(body: str) -> list[str]:

@@ -50,19 +50,16 @@ def export_markdown(export: ReaderExport) -> str:
         lines += [f"## {_line(conversation.title)}", "", f"_Started {conversation.created_at}_", ""]
         for m in conversation.messages:
             lines += [f"### {_line(m.question)}", ""]
-            if m.selection and m.selection.get("text"):
-                quoted = str(m.selection["text"]).splitlines() or [""]
-                lines += [*(f"> {q}" for q in quoted), ""]
+            if m.selection is not None:
+                lines += [*(f"> {q}" for q in m.selection.text.splitlines() or [""]), ""]
             lines += [m.answer.strip() or "_(no answer)_", ""]
             if m.status != "complete":
                 lines += [f"_The answer was {m.status}._", ""]
-            sources = [s for s in m.sources if isinstance(s, dict)]
-            if sources:
+            if m.sources:
                 lines.append("Sources:")
-                for n, s in enumerate(sources, start=1):
-                    where = " › ".join(str(p) for p in (s.get("title"), s.get("section")) if p)
-                    url = s.get("url")
-                    lines.append(f"{n}. [{where}]({url})" if url else f"{n}. {where}")
+                for n, s in enumerate(m.sources, start=1):
+                    where = " › ".join(p for p in (s.title, s.section) if p)
+                    lines.append(f"{n}. [{where}]({s.url})" if s.url else f"{n}. {where}")
                 lines.append("")
             if m.rating is not None:
                 said = f": {_line(m.rating.comment)}" if m.rating.comment else ""

@@ -8,6 +8,7 @@ from server.store.conversations import ConversationQueries, MessageOutcome, Turn
 from server.store.insights import InsightQueries
 from server.store.jobs import ChapterJobQueries
 from server.store.readers import ReaderQueries
+from server.store.recovery import Orphan, RecoveryQueries
 from server.store.sessions import PresenceQueries, SessionQueries, StreamRecord
 
 
@@ -16,6 +17,7 @@ class Store(
     ConversationQueries,
     SessionQueries,
     PresenceQueries,
+    RecoveryQueries,
     ChapterJobQueries,
     ReaderQueries,
     InsightQueries,
@@ -28,6 +30,7 @@ __all__ = [
     "CachedChapter",
     "ChapterRow",
     "MessageOutcome",
+    "Orphan",
     "SectionRow",
     "Store",
     "StoreBase",

@@ -46,18 +46,22 @@ def _unavailable_as_chat_error() -> Any:
 class StoreBase:
     """A pool of connections to the project's database."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str | None = None, *, wait_s: float = 30.0) -> None:
         self._pool = pool
+        self._wait_s = wait_s
         self.dsn = dsn  # for connections outside the pool (LISTEN)
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 20) -> Self:
-        """Open a pool; raise DatabaseUnavailable if the server cannot be reached."""
+    async def connect(
+        cls, dsn: str, *, min_size: int = 2, max_size: int = 20, wait_s: float = 30.0
+    ) -> Self:
+        """Open a pool of up to `max_size` connections, where a query waits up to `wait_s` for
+        one; raise DatabaseUnavailable if the server cannot be reached."""
         with _unavailable_as_chat_error():
             pool = await asyncpg.create_pool(
                 dsn, min_size=min_size, max_size=max_size, command_timeout=30, init=_init_connection
             )
-        return cls(pool, dsn)
+        return cls(pool, dsn, wait_s=wait_s)
 
     async def close(self) -> None:
         """Close the pool."""
@@ -66,7 +70,7 @@ class StoreBase:
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
         with _unavailable_as_chat_error():
-            async with self._pool.acquire(timeout=10) as conn:
+            async with self._pool.acquire(timeout=self._wait_s) as conn:
                 yield conn
 
     async def ping(self) -> None:

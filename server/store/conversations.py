@@ -74,15 +74,17 @@ class ConversationQueries(StoreBase):
         selection: dict[str, Any] | None,
         chapter_id: str | None,
         model: str,
+        owner: str,
     ) -> None:
-        """Record a message as streaming, so a partial answer can be saved whatever happens."""
+        """Record a message as streaming (by the process `owner`), so a partial answer can be
+        saved whatever happens, even to that process."""
         async with self._conn() as conn:
             try:
                 await conn.execute(
                     "INSERT INTO messages (id, conversation_id, user_id, stream_id, question, selection, chapter_id,"
-                    " status, model) VALUES ($1, $2, $3, $4, $5, $6, $7, 'streaming', $8)",
+                    " status, model, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, 'streaming', $8, $9)",
                     uuid.UUID(message_id), uuid.UUID(conversation_id), user_id, stream_id, question,
-                    json.dumps(selection) if selection else None, chapter_id, model,
+                    json.dumps(selection) if selection else None, chapter_id, model, owner,
                 )  # fmt: skip
             except asyncpg.ForeignKeyViolationError:  # the reader deleted it meanwhile
                 raise NotFound("no such conversation") from None

@@ -31,19 +31,29 @@ class SessionQueries(StoreBase):
     ) -> None:
         """Persist a batch: new streams, their frames, and how far each got; the `notices`
         (channel, payload) go out when it commits."""
+        # One statement per kind of change, whatever the number of streams: a busy server
+        # journals hundreds of streams every flush.
+        latest = {(u, sid): (u, sid, key, kind) for u, sid, key, kind in starts}
+        started = list(zip(*latest.values(), strict=True)) if latest else []
         async with self._conn() as conn, conn.transaction():
-            for user_id, stream_id, key, kind in starts:
+            if started:
+                users, ids, keys, kinds = started
                 await conn.execute(
-                    "DELETE FROM stream_frames WHERE stream_key ="
-                    " (SELECT stream_key FROM streams WHERE user_id = $1 AND stream_id = $2)",
-                    user_id,
-                    stream_id,
-                )
+                    "DELETE FROM stream_frames f USING streams s,"
+                    " unnest($1::text[], $2::text[]) AS n(user_id, stream_id)"
+                    " WHERE s.user_id = n.user_id AND s.stream_id = n.stream_id"
+                    " AND f.stream_key = s.stream_key",
+                    users, ids,
+                )  # fmt: skip
                 await conn.execute(
-                    "INSERT INTO streams (user_id, stream_id, stream_key, kind, owner) VALUES ($1, $2, $3, $4, $5)"
-                    " ON CONFLICT (user_id, stream_id) DO UPDATE SET stream_key = $3, kind = $4, owner = $5,"
-                    " last_seq = 0, finished = false, created_at = now(), updated_at = now()",
-                    user_id, stream_id, key, kind, owner,
+                    "INSERT INTO streams (user_id, stream_id, stream_key, kind, owner)"
+                    " SELECT n.user_id, n.stream_id, n.key, n.kind, $5"
+                    " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+                    "  AS n(user_id, stream_id, key, kind)"
+                    " ON CONFLICT (user_id, stream_id) DO UPDATE SET stream_key = excluded.stream_key,"
+                    " kind = excluded.kind, owner = excluded.owner, last_seq = 0, finished = false,"
+                    " created_at = now(), updated_at = now()",
+                    users, ids, keys, kinds, owner,
                 )  # fmt: skip
             if frames:
                 await conn.copy_records_to_table(
@@ -54,11 +64,15 @@ class SessionQueries(StoreBase):
             for channel, payload in notices:
                 await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
             if progress:
-                await conn.executemany(
-                    "UPDATE streams SET last_seq = $4, finished = $5, updated_at = now()"
-                    " WHERE user_id = $2 AND stream_id = $3 AND stream_key = $1",
-                    progress,
-                )
+                keys, users, ids, seqs, ended = zip(*progress, strict=True)
+                await conn.execute(
+                    "UPDATE streams s SET last_seq = p.seq, finished = p.ended, updated_at = now()"
+                    " FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bool[])"
+                    "  AS p(key, user_id, stream_id, seq, ended)"
+                    " WHERE s.user_id = p.user_id AND s.stream_id = p.stream_id"
+                    " AND s.stream_key = p.key",
+                    keys, users, ids, seqs, ended,
+                )  # fmt: skip
 
     async def notify(self, channel: str, payload: str) -> None:
         """Send a notification to every listening server process."""
@@ -79,14 +93,18 @@ class SessionQueries(StoreBase):
             return None
         return StreamRecord(row["stream_key"], row["owner"], row["last_seq"], row["finished"])
 
-    async def stream_frames(self, key: str, after_seq: int) -> list[tuple[int, str]]:
-        """Stored frames of one stream after `after_seq`, in order."""
+    async def stream_frames(
+        self, key: str, after_seq: int, *, limit_runs: int | None = None
+    ) -> list[tuple[int, str]]:
+        """Stored frames of one stream after `after_seq`, in order (from at most `limit_runs`
+        journal rows)."""
         async with self._conn() as conn:
             rows = await conn.fetch(
                 "SELECT first_seq, frames FROM stream_frames WHERE stream_key = $1 AND last_seq > $2"
-                " ORDER BY first_seq",
+                " ORDER BY first_seq LIMIT $3",
                 key,
                 after_seq,
+                limit_runs,
             )
         out = []
         for row in rows:

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket
 from server.chat.connection import Connection
 from server.services import Services
 from server.settings import Settings
-from server.web import assets, http, insights, readers
+from server.web import assets, http
 
 CHAT_PATH = "/v1/chat"
 
@@ -52,28 +52,20 @@ def create_app(
 
     routes = [
         WebSocketRoute(CHAT_PATH, chat),  # reached only under a root_path: see ChatApp
-        Route("/healthz", http.healthz),
-        Route("/readyz", http.readyz),
-        Route("/v1/protocol", http.protocol_schema),
-        Route("/metrics", http.metrics),
-        Route("/v1/profile", http.profile, methods=["GET", "PUT"]),
-        Route("/v1/conversations", http.conversations),
-        Route("/v1/conversations/{id}/messages", http.conversation_messages),
-        *readers.ROUTES,
-        *insights.ROUTES,
+        *(endpoint.route() for endpoint in http.ENDPOINTS),  # the API, as /openapi.json lists it
         *(Route(path, assets.widget_files) for path in assets.WIDGET_FILES),
         Route("/dev/token", assets.dev_token),
         Route("/", assets.demo_page),
         Route("/docs/{path:path}", assets.demo_page),
     ]
-    # A book on another origin calls the HTTP API (history, profiles, ratings) from the browser; the
+    # A book on another origin calls the HTTP API (history, profiles) from the browser; the
     # origins allowed to open the socket are the ones allowed to call it.
     middleware = (
         [
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.allowed_origins),
-                allow_methods=["GET", "PUT", "PATCH", "DELETE"],
+                allow_methods=sorted({endpoint.method for endpoint in http.ENDPOINTS}),
                 allow_headers=["Authorization", "Content-Type"],
                 max_age=600,
             )

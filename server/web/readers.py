@@ -1,141 +1,116 @@
 """The reader's own data over HTTP (Bearer JWT): rate answers, rename and delete conversations,
-export everything, erase everything. Another reader's message or conversation is a 404."""
+export everything, erase everything. Another reader's message or conversation is a 404.
+
+`ENDPOINTS` joins the API's table in server/web/http.py."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
 import msgspec
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
 from protocol.api import (
+    Conversation,
     ConversationRename,
     ConversationsDeleted,
     RatingRequest,
     RatingSaved,
     ReaderErased,
-    RenamedConversation,
+    ReaderExport,
 )
-from server.auth import Identity
-from server.errors import ChatError, InvalidMessage
+from protocol.codes import ErrorCode
+from server.errors import InvalidMessage
 from server.metrics import RATINGS
 from server.readers.erase import erase_reader, with_streams_stopped
 from server.readers.export import export_markdown, reader_export
 from server.readers.scope import Scope
-from server.web.http import _bearer, error_body, error_response, services_of
+from server.web.endpoint import Call, Endpoint, Reply
 
-MAX_BODY_BYTES = 16_384
-S = TypeVar("S")
 _encoder = msgspec.json.Encoder()
 
-Handler = Callable[[Request, Identity], Awaitable[Response]]
 
+async def rate_answer(call: Call) -> RatingSaved:
+    """Rate one of your finished answers, or change its rating.
 
-def _authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request, await _bearer(request))
-        except ChatError as exc:
-            return error_response(exc)
-        except _TooLarge:
-            return JSONResponse(
-                error_body(InvalidMessage(f"body larger than {MAX_BODY_BYTES} bytes")), 413
-            )
-
-    endpoint.__doc__ = handler.__doc__
-    endpoint.__name__ = handler.__name__
-    return endpoint
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _body(request: Request, kind: type[S]) -> S:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise _TooLarge
-    if b"\\u0000" in body:
-        raise InvalidMessage("NUL characters (\\u0000) are not allowed")
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise InvalidMessage(f"invalid body: {exc}") from None
-
-
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(_encoder.encode(value), status_code=status, media_type="application/json")
-
-
-@_authenticated
-async def rate(request: Request, identity: Identity) -> Response:
-    """PUT: rate one of your finished answers, or change the rating. DELETE: withdraw it."""
-    store = services_of(request).store
-    message_id = request.path_params["id"]
-    if request.method == "DELETE":
-        await store.withdraw_rating(identity.user_id, message_id)
-        RATINGS.labels("withdrawn").inc()
-        return Response(status_code=204)
-    wanted = await _body(request, RatingRequest)
+    `comment` is optional (up to 2,000 characters). 404 for another reader's message; 422 while
+    the answer is still being written.
+    """
+    wanted: RatingRequest = call.body
     comment = (wanted.comment or "").strip() or None
-    saved = await store.rate_message(identity.user_id, message_id, wanted.value, comment)
+    saved = await call.services.store.rate_message(
+        call.reader.user_id, call.request.path_params["id"], wanted.value, comment
+    )
     RATINGS.labels(wanted.value).inc()
-    return _json(msgspec.convert(saved, RatingSaved, from_attributes=True))
+    return msgspec.convert(saved, RatingSaved, from_attributes=True)
 
 
-@_authenticated
-async def conversation(request: Request, identity: Identity) -> Response:
-    """PATCH: rename one of your conversations. DELETE: delete it with its messages and ratings
-    (answers still streaming in it are cancelled first)."""
-    services = services_of(request)
-    conversation_id = request.path_params["id"]
-    if request.method == "PATCH":
-        rename = await _body(request, ConversationRename)
-        row = await services.store.rename_conversation(
-            identity.user_id, conversation_id, rename.title.strip()
-        )
-        return _json(msgspec.convert(row, RenamedConversation))
-    streams = await services.store.conversation_streams(identity.user_id, conversation_id)
+async def withdraw_rating(call: Call) -> Reply:
+    """Withdraw your rating of one of your answers (204 also when there was none)."""
+    await call.services.store.withdraw_rating(call.reader.user_id, call.request.path_params["id"])
+    RATINGS.labels("withdrawn").inc()
+    return Reply(204)
+
+
+async def rename_conversation(call: Call) -> Conversation:
+    """Give one of your conversations a new title."""
+    rename: ConversationRename = call.body
+    row = await call.services.store.rename_conversation(
+        call.reader.user_id, call.request.path_params["id"], rename.title.strip()
+    )
+    return msgspec.convert(row, Conversation)
+
+
+async def delete_conversation(call: Call) -> ConversationsDeleted:
+    """Delete one of your conversations, with its messages and ratings.
+
+    Answers still streaming in it are cancelled first, on whichever server process runs them.
+    """
+    services, user = call.services, call.reader.user_id
+    conversation_id = call.request.path_params["id"]
+    streams = await services.store.conversation_streams(user, conversation_id)
     deleted, stopped = await with_streams_stopped(
         services,
-        identity.user_id,
+        user,
         Scope.of_ids(streams),
-        lambda: services.store.delete_conversations(identity.user_id, conversation_id),
+        lambda: services.store.delete_conversations(user, conversation_id),
     )
-    return _json(ConversationsDeleted(deleted=deleted, cancelled_streams=stopped))
+    return ConversationsDeleted(deleted=deleted, cancelled_streams=stopped)
 
 
-@_authenticated
-async def delete_conversations(request: Request, identity: Identity) -> Response:
-    """Delete all your conversations (your history); answers still streaming are cancelled first."""
-    services = services_of(request)
+async def delete_conversations(call: Call) -> ConversationsDeleted:
+    """Delete all your conversations (your history).
+
+    Answers still streaming are cancelled first; the profile stays.
+    """
+    services, user = call.services, call.reader.user_id
     deleted, stopped = await with_streams_stopped(
         services,
-        identity.user_id,
+        user,
         Scope(kind="answer"),
-        lambda: services.store.delete_conversations(identity.user_id, None),
+        lambda: services.store.delete_conversations(user, None),
     )
-    return _json(ConversationsDeleted(deleted=deleted, cancelled_streams=stopped))
+    return ConversationsDeleted(deleted=deleted, cancelled_streams=stopped)
 
 
-@_authenticated
-async def erase(request: Request, identity: Identity) -> Response:
-    """Delete everything kept about you: conversations, messages, ratings, profile, chapters
-    personalized for you, journaled streams, usage counters. One transaction; idempotent."""
-    deleted, stopped = await erase_reader(services_of(request), identity.user_id, identity.claims)
-    return _json(ReaderErased(deleted=deleted, cancelled_streams=stopped))
+async def erase_me(call: Call) -> ReaderErased:
+    """Delete everything kept about you, in one transaction.
+
+    Conversations, messages, ratings, profile, chapters personalized for you, journaled streams
+    and usage counters; streams still running are cancelled first. Idempotent: the second time
+    every count is zero.
+    """
+    deleted, stopped = await erase_reader(call.services, call.reader.user_id, call.reader.claims)
+    return ReaderErased(deleted=deleted, cancelled_streams=stopped)
 
 
-@_authenticated
-async def export(request: Request, identity: Identity) -> Response:
-    """Your conversations in one document: `?format=json` (default) or `?format=markdown`."""
-    kind = request.query_params.get("format", "json")
+async def export_me(call: Call) -> ReaderExport | Response:
+    """Your conversations, messages, ratings and profile in one document.
+
+    `?format=json` (default), or `?format=markdown` for a file to read (`text/markdown`).
+    """
+    kind = call.request.query_params.get("format", "json")
     if kind not in ("json", "markdown"):
         raise InvalidMessage("format: expected json or markdown")
-    document = await reader_export(services_of(request).store, identity.user_id)
+    document = await reader_export(call.services.store, call.reader.user_id)
     suffix = "md" if kind == "markdown" else "json"
     headers = {
         "Content-Disposition": f'attachment; filename="textbook-chat-export.{suffix}"',
@@ -148,10 +123,18 @@ async def export(request: Request, identity: Identity) -> Response:
     return Response(_encoder.encode(document), media_type="application/json", headers=headers)
 
 
-ROUTES = [
-    Route("/v1/messages/{id}/rating", rate, methods=["PUT", "DELETE"]),
-    Route("/v1/conversations", delete_conversations, methods=["DELETE"]),
-    Route("/v1/conversations/{id}", conversation, methods=["PATCH", "DELETE"]),
-    Route("/v1/me", erase, methods=["DELETE"]),
-    Route("/v1/me/export", export, methods=["GET"]),
-]
+DB = ErrorCode.DATABASE_UNAVAILABLE
+NOT_FOUND = ErrorCode.NOT_FOUND
+BAD = ErrorCode.INVALID_MESSAGE
+MESSAGE = "/v1/messages/{id}/rating"
+ONE = "/v1/conversations/{id}"
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("PUT", MESSAGE, rate_answer, {200: RatingSaved}, auth=True, body=RatingRequest, errors=(NOT_FOUND, DB)),
+    Endpoint("DELETE", MESSAGE, withdraw_rating, {204: None}, auth=True, errors=(NOT_FOUND, DB)),
+    Endpoint("PATCH", ONE, rename_conversation, {200: Conversation}, auth=True, body=ConversationRename, errors=(NOT_FOUND, DB)),
+    Endpoint("DELETE", ONE, delete_conversation, {200: ConversationsDeleted}, auth=True, errors=(NOT_FOUND, DB)),
+    Endpoint("DELETE", "/v1/conversations", delete_conversations, {200: ConversationsDeleted}, auth=True, errors=(DB,)),
+    Endpoint("DELETE", "/v1/me", erase_me, {200: ReaderErased}, auth=True, errors=(DB,)),
+    Endpoint("GET", "/v1/me/export", export_me, {200: ReaderExport}, auth=True, errors=(BAD, DB)),
+)  # fmt: skip

@@ -2,42 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import socket
 from typing import Any
 
+import prometheus_client
 import uvicorn
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from protocol.codes import CloseCode
 from protocol.limits import MAX_FRAME_BYTES
 from server.chat.connection import Connection
 from server.services import Services
 from server.settings import Settings
+from server.web.guard import GuardedConfig, GuardedWebSocketProtocol, connection_cap
 
 log = logging.getLogger(__name__)
-
-
-class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, answering upgrade requests websockets refuses.
-
-    When websockets cannot parse the upgrade request (a header line over 8 KiB, too many
-    headers) it queues a 4xx answer that uvicorn never sends, leaving the socket open and
-    silent: a cheap way to hold server sockets. This sends the answer and closes."""
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.conn.handshake_exc is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.transport.close()
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.accept":
-            # the parsed upgrade request and response are done with (the scope keeps the
-            # headers): ~3 KB less on every open socket
-            del self.request, self.response
 
 
 class DrainingServer(uvicorn.Server):
@@ -88,7 +69,7 @@ def make_server(
     options: dict[str, Any] = {
         "host": host,
         "port": port,
-        "ws": ChatWebSocketProtocol,
+        "ws": GuardedWebSocketProtocol,
         "ws_max_size": MAX_FRAME_BYTES,
         "ws_per_message_deflate": False,
         "ws_ping_interval": s.ws_ping_interval_s,
@@ -102,7 +83,13 @@ def make_server(
         "forwarded_allow_ips": list(s.trusted_proxies),
         **overrides,
     }
-    return DrainingServer(uvicorn.Config(app, **options), services, freeze_gc=freeze_gc)
+    config = GuardedConfig(
+        app,
+        max_connections=connection_cap(s.max_connections),
+        handshake_timeout_s=s.handshake_timeout_s,
+        **options,
+    )
+    return DrainingServer(config, services, freeze_gc=freeze_gc)
 
 
 async def run(
@@ -113,17 +100,28 @@ async def run(
     loopback: bool,
     replica: bool = False,
     sock: socket.socket | None = None,
+    worker: int = 0,
 ) -> int:
     """Build the services and serve until stopped (`sock`: a socket bound by the parent of
-    `--workers`; `replica`: serve from a private copy of the embedded index)."""
+    `--workers`; `replica`: serve from a private copy of the embedded index; `worker`: its
+    number, which offsets METRICS_PORT)."""
     from server.web.app import create_app
 
     services = await Services.start(settings, loopback=loopback, replica=replica)
+    metrics_server = None
     try:
+        if settings.metrics_port:
+            # prometheus_client's own exposition server, on a thread of its own
+            metrics_server, _ = prometheus_client.start_http_server(
+                settings.metrics_port + worker, addr=settings.metrics_host
+            )
         app = create_app(settings, services=services, close_services=True)
         server = make_server(app, services, host, port, freeze_gc=True)
         await server.serve(sockets=[sock] if sock is not None else None)
     except BaseException:
         await services.close()  # the lifespan may never have run (e.g. the port was taken)
         raise
+    finally:
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.shutdown)
     return 0

@@ -37,7 +37,9 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int, *, loo
         sock = uvicorn.Config("server.web.app:create_app", host=host, port=port).bind_socket()
         context = multiprocessing.get_context("spawn")
         processes = [
-            context.Process(target=_worker, args=(host, port, sock, loopback), name=f"worker-{i}")
+            context.Process(
+                target=_worker, args=(host, port, sock, loopback, i), name=f"worker-{i}"
+            )
             for i in range(workers)
         ]
         for process in processes:
@@ -74,11 +76,13 @@ async def _prepare(settings: Settings, loopback: bool) -> None:
     await services.close()
 
 
-def _worker(host: str, port: int, sock: socket.socket, loopback: bool) -> None:
+def _worker(host: str, port: int, sock: socket.socket, loopback: bool, index: int) -> None:
     from server.cli import configure_logging, run_coroutine
 
     settings = Settings.from_env()
     configure_logging(settings)
     from server.web.serve import run
 
-    run_coroutine(run(settings, host, port, loopback=loopback, replica=True, sock=sock))
+    run_coroutine(
+        run(settings, host, port, loopback=loopback, replica=True, sock=sock, worker=index)
+    )

@@ -135,7 +135,7 @@ async def test_clear_history_asks_first_then_deletes_on_the_server(
         (1,)
     ]
     await clear.click()
-    await page.get_by_label("Also delete my profile and everything else kept about me").check()
+    await page.get_by_label("Also delete my profile and all my data").check()
     await dialog.get_by_role("button", name="Delete").click()
     await page.wait_for_function("() => !document.querySelector('.tc-user')")
     await dialog.wait_for(state="hidden")

@@ -182,7 +182,7 @@ async def test_user_fields_reach_the_personalized_chapter(
                 await chat.send(type="chapter", id="p1", chapter=CHAPTER, mode="personalize")
                 frames = await chat.stream("p1")
                 assert frames[-1]["type"] == "done", frames[-1]
-                prompts = [r["messages"][0]["content"] for r in fake_llm.chat_requests[before:]]
+                prompts = [r["messages"][1]["content"] for r in fake_llm.chat_requests[before:]]
                 assert prompts and all(
                     "advanced" in p
                     and fields["softwareBackground"] in p
@@ -201,7 +201,7 @@ async def test_user_fields_reach_the_personalized_chapter(
                 await chat.send(type="chapter", id="p2", chapter=CHAPTER, mode="personalize")
                 again = await chat.stream("p2")
         assert again[-1]["type"] == "done" and again[-1]["cached"] is False
-        prompts = [r["messages"][0]["content"] for r in fake_llm.chat_requests[before:]]
+        prompts = [r["messages"][1]["content"] for r in fake_llm.chat_requests[before:]]
         assert prompts and all(
             "beginner" in p and "JavaScript, a little" in p and "Rust firmware" not in p
             for p in prompts

@@ -100,10 +100,11 @@ async def test_personalize_streams_in_order_and_keeps_code_byte_for_byte(
     sent = echo_llm.chat_requests[before:]
     assert len(sent) >= 2, "a chapter is split into sections"
     for request in sent:
-        system, user = request["messages"][0]["content"], request["messages"][1]["content"]
-        assert "beginner" in system and "Python web developer" in system
+        system, profile, user = (m["content"] for m in request["messages"])
+        assert "Python web developer" not in system  # the reader's words are data, not rules
+        assert "beginner" in profile and "Python web developer" in profile
         assert "```" not in user  # code never reaches the model: placeholders stand in for it
-    assert any("@@CODE" in r["messages"][1]["content"] for r in sent)
+    assert any("@@CODE" in r["messages"][-1]["content"] for r in sent)
 
 
 async def test_translate_sets_rtl_and_names_the_language(
@@ -214,7 +215,7 @@ async def test_profile_from_token_claims(live: LiveServer, echo_llm: FakeLLM) ->
         await chat.send(type="chapter", id="cl", chapter=CHAPTER, mode="personalize")
         frames = await chat.stream("cl")
     assert frames[-1]["type"] == "done"
-    assert "C++" in echo_llm.chat_requests[-1]["messages"][0]["content"]
+    assert "C++" in echo_llm.chat_requests[-1]["messages"][1]["content"]
 
 
 async def test_chapter_job_claims_readers_and_take_overs(

@@ -88,3 +88,33 @@ async def test_changed_and_removed_chapters_are_reindexed(
         assert "what-is-physical-ai" not in " ".join(await store.chapter_hashes())
     finally:
         await vectors.aclose()
+
+
+async def test_another_base_url_moves_every_source_link(
+    store: Store, embedder: OpenAIEmbedder, tmp_path: Path
+) -> None:
+    # A book moved under a site's base URL (`ingest --base-url /book/docs`) keeps its text: its
+    # chapters and passages must still take the new links, or every source link 404s.
+    vectors = EdgeVectorStore(tmp_path / "qdrant")
+    await vectors.open(dim=embedder.dim, embedding_model=embedder.model_name)
+    bm25 = Bm25Encoder()
+    kwargs = {"store": store, "vectors": vectors, "embedder": embedder, "bm25": bm25}
+    try:
+        first = await ingest_book(SAMPLE_BOOK_DIR, **kwargs)
+        moved = await ingest_book(SAMPLE_BOOK_DIR, base_url="/book/docs", **kwargs)
+        assert moved.chapters_changed == first.chapters
+        assert moved.points_embedded == first.points and moved.points_deleted == 0
+        urls = [url for _, url in (await store.chapter_titles()).values()]
+        assert urls and all(url.startswith("/book/docs/") for url in urls)
+        indices, values = bm25.encode_query("balance of a walking robot")
+        hits = await vectors.search(
+            dense=await embedder.embed_query("balance of a walking robot"),
+            sparse_indices=indices,
+            sparse_values=values,
+            limit=50,
+        )
+        assert hits and all(h.payload["url"].startswith("/book/docs/") for h in hits)
+        again = await ingest_book(SAMPLE_BOOK_DIR, base_url="/book/docs", **kwargs)
+        assert again.points_embedded == 0 and again.chapters_changed == 0
+    finally:
+        await vectors.aclose()

@@ -229,7 +229,8 @@ def test_admonitions_lose_markers_but_keep_title_and_text() -> None:
     body = (
         "# T\n\n"
         ":::note Keep In Mind\nLegacy title syntax body.\n:::\n\n"
-        ":::info[Bracket Title]\nDirective body.\n```\n:::\n```\n:::\n\n"
+        ":::info[Bracket Title]\nDirective body.\n:::\n\n"
+        "```\n:::\n```\n\n"
         ":::warning\nUntitled warning body.\n:::\n"
     )
     text = "\n".join(chunk_texts(body))
@@ -240,6 +241,30 @@ def test_admonitions_lose_markers_but_keep_title_and_text() -> None:
         assert inner in text
     assert "```\n:::\n```" in text  # a ::: inside code is code, not a closing marker
     assert "warning" not in text.lower().replace("untitled warning body", "")
+
+
+def test_an_admonitions_close_ends_a_code_fence_inside_it() -> None:
+    # remark-directive, which parses Docusaurus's admonitions, closes the container at its `:::`
+    # even inside a fence (the fence ends with it); the next fence then runs to the next one.
+    # A real book has this (book-b's ROS 2 services lesson): its headings after it are code.
+    body = (
+        "# T\n\n## Before\n\n"
+        ":::info[Output]\n```\n:::\nlog line\n```\n\n"
+        "## Inside the code\n\n```\n\n## After\n\nText.\n"
+    )
+    _, blocks = parse_blocks(body)
+    kinds = [(b.kind, b.start) for b in blocks if b.kind != "blank"]
+    assert kinds == [
+        ("heading", 0),
+        ("heading", 2),
+        ("admonition", 4),
+        ("paragraph", 7),
+        ("code", 8),
+        ("heading", 14),
+        ("paragraph", 16),
+    ]
+    admonition = next(b for b in blocks if b.kind == "admonition")
+    assert [(c.kind, c.start, c.end) for c in admonition.children] == [("code", 5, 6)]
 
 
 def test_tabs_tabitems_and_comments_are_unwrapped() -> None:
@@ -339,6 +364,7 @@ def test_small_blocks_stay_whole_and_chunks_stay_in_their_section() -> None:
 def test_breadcrumb_prefix_and_chunk_fields() -> None:
     chapter = parse_chapter(SAMPLE, "02-robots/05-kinematics.mdx")
     chunks = chunk_chapter(chapter)
+    levels = {s.id: s.level for s in chapter.sections}
     for n, chunk in enumerate(chunks):
         assert chunk.position == n
         assert chunk.chapter_id == chapter.id
@@ -346,7 +372,9 @@ def test_breadcrumb_prefix_and_chunk_fields() -> None:
         assert chunk.text.split("\n", 1)[0] == " › ".join(chunk.heading_path)
         assert chunk.content_hash == sha256(chunk.text)
         anchor = chunk.section_id.partition("#")[2]
-        assert chunk.url == f"{chapter.url}#{anchor}"
+        # Docusaurus gives an h1 no id: a passage under the title links to the page itself.
+        linked = f"{chapter.url}#{anchor}" if levels[chunk.section_id] > 1 else chapter.url
+        assert chunk.url == linked
     assert {c.section_id for c in chunks} <= {s.id for s in chapter.sections}
 
 

@@ -118,10 +118,17 @@ def _without_esm(body: str) -> str:
     return text if text.endswith("\n") or not text else text + "\n"
 
 
-def _route(doc_id: str, source_path: str, slug: str | None, base_url: str) -> str:
+def _unprefixed(path: str, strip: bool) -> str:
+    """`path` with each segment's number prefix removed, unless `parse_number_prefixes: false`."""
+    return "/".join(strip_number_prefix(p)[0] if strip else p for p in path.split("/") if p)
+
+
+def _route(
+    doc_id: str, source_path: str, slug: str | None, base_url: str, strip: bool = True
+) -> str:
     """Permalink as Docusaurus computes it from the directory, the doc id and any slug."""
     directory = posixpath.dirname(source_path)
-    stripped = "/".join(strip_number_prefix(part)[0] for part in directory.split("/") if part)
+    stripped = _unprefixed(directory, strip)
     dir_slug = "/" + stripped + "/" if stripped else "/"
     stem = posixpath.splitext(posixpath.basename(source_path))[0]
     if slug and slug.startswith("/"):
@@ -196,9 +203,10 @@ def parse_chapter(
     directory = posixpath.dirname(source_path)
     stem = posixpath.splitext(posixpath.basename(source_path))[0]
     front_id = front_matter_text(meta, "id")
-    stripped_dir = "/".join(strip_number_prefix(p)[0] for p in directory.split("/") if p)
+    strip = front_matter_text(meta, "parse_number_prefixes").lower() != "false"
+    stripped_dir = _unprefixed(directory, strip)
     # Docusaurus's own doc id: what the site's pages (and so the widget) know a chapter by.
-    doc_id = posixpath.join(stripped_dir, front_id or strip_number_prefix(stem)[0])
+    doc_id = posixpath.join(stripped_dir, front_id or _unprefixed(stem, strip))
     chapter_id = doc_id
     parser, blocks = parse_blocks(markdown, front_matter=False)
     h1 = next(
@@ -218,7 +226,7 @@ def parse_chapter(
         id=chapter_id,
         doc_id=doc_id,
         title=title,
-        url=_route(doc_id, source_path, front_matter_text(meta, "slug") or None, base_url),
+        url=_route(doc_id, source_path, front_matter_text(meta, "slug") or None, base_url, strip),
         source_path=source_path,
         position=position,
         content_hash=sha256(markdown),
@@ -237,7 +245,8 @@ def chunk_chapter(
     chunks: list[Chunk] = []
     for n, draft in enumerate(draft_chunks(inputs, target_chars=target_chars, max_chars=max_chars)):
         section = chapter.sections[draft.section]
-        anchor = section.id.partition("#")[2]
+        # Docusaurus gives h1 headings no id (theme-classic's Heading): link to the page itself.
+        anchor = section.id.partition("#")[2] if section.level > 1 else ""
         digest = sha256(draft.text)
         chunks.append(
             Chunk(

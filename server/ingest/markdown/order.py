@@ -16,10 +16,9 @@ from server.ingest.markdown.frontmatter import parse_front_matter
 DOC_SUFFIXES = (".md", ".mdx")
 CATEGORY_FILES = ("_category_.json", "_category_.yml", "_category_.yaml")
 # Docusaurus leaves date-like and version-like prefixes alone (`2024-01-05-x`, `1.2-x`).
-IGNORED_PREFIX = re.compile(
-    r"^((\d{2}|\d{4})[-_.]\d{2}([-_.](\d{2}|\d{4}))?)(.*)$|^(\d+[-_.]\d+)(.*)$"
-)
-NUMBER_PREFIX = re.compile(r"^(?P<number>\d+)\s*[-_.]+\s*(?P<rest>.*)$")
+IGNORED_PREFIX = re.compile(r"^[0-9]+[-_.][0-9]+", re.ASCII)
+# As Docusaurus 3's DefaultNumberPrefixParser: ASCII digits, and a name must follow.
+NUMBER_PREFIX = re.compile(r"^(?P<number>[0-9]+)\s*[-_.]+\s*(?P<rest>[^-_.\s].*)$", re.ASCII)
 
 
 class BookError(ConfigError):

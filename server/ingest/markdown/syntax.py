@@ -149,7 +149,18 @@ class BlockParser:
         j = 0
         while j < len(self.lines):
             if self.is_fence_open(j):
-                j = self.fence_end(j)
+                fence_end = self.fence_end(j)
+                # As in remark-directive (Docusaurus's admonitions): an open admonition's `:::`
+                # closes it even inside a code fence, and the fence ends with it.
+                close = next(
+                    (k for k in range(j + 1, fence_end) if ADMONITION_CLOSE.match(self.lines[k])),
+                    None,
+                )
+                if close is not None and stacks.get(":::"):
+                    closing[stacks[":::"].pop()] = close
+                    j = close + 1
+                else:
+                    j = fence_end
                 continue
             line = self.lines[j]
             if ADMONITION_OPEN.match(line):

@@ -38,6 +38,9 @@
       const btn = (text, onclick, props = {}) => el("button", { type: "button", onclick, ...props }, text);
       this.personalize = btn("Personalize for me", () => this.run("personalize"));
       this.language = el("select", { id: "tc-language" }, ...LANGUAGES.map(([value, text]) => el("option", { value, text })));
+      // A page in one of the languages (a book's Urdu locale, say) offers that language first.
+      const pageLanguage = (document.documentElement.lang || "").split("-")[0].toLowerCase();
+      if (LANGUAGES.some(([value]) => value === pageLanguage)) this.language.value = pageLanguage;
       this.translate = btn("Translate", () => this.run("translate", this.language.value));
       this.stop = btn("Stop", () => this.cancel(true), { hidden: true });
       this.back = btn("Show original", () => this.restore(), { hidden: true, class: "tc-primary" });

@@ -470,6 +470,8 @@
 
   const client = new ChatClient(serverUrl);
   const TextbookChat = { version: 1, client, serverUrl, apiBase, api, store, renderMarkdown, escapeHtml, safeUrl, chapterFor, newId };
+  // Where a source link goes; a page may replace it (the Docusaurus plugin keeps the reader's locale).
+  TextbookChat.sourceUrl = (url) => url;
   window.TextbookChat = TextbookChat;
 
   const el = (tag, props = {}, ...children) => {
@@ -511,8 +513,7 @@
       box.value = (saved && saved.comment) || "";
       const save = async (v) => {
         const body = JSON.stringify({ value: v, comment: box.value.trim() || null });
-        const init = v ? { method: "PUT", headers: { "Content-Type": "application/json" }, body } : { method: "DELETE" };
-        const res = await api(`/v1/messages/${encodeURIComponent(id)}/rating`, init).catch(() => null);
+        const res = await api(`/v1/messages/${id}/rating`, v ? { method: "PUT", headers: { "Content-Type": "application/json" }, body } : { method: "DELETE" }).catch(() => null);
         if (!res || !res.ok) return (note.textContent = "Not saved; try again.");
         value = v;
         show();
@@ -558,7 +559,7 @@
         if (seen.has(key) || items.length >= 6) continue;
         seen.add(key);
         const label = s.section && s.section !== s.title ? `${s.title} › ${s.section}` : s.title || s.chapter;
-        const href = safeUrl(s.url);
+        const href = safeUrl(TextbookChat.sourceUrl(s.url, s));
         items.push(el("li", { dir: "auto" }, href ? el("a", { href, text: label }) : el("span", { text: label })));
       }
       this.sources.replaceChildren(el("h3", { text: "Sources" }), el("ol", {}, ...items));
@@ -598,15 +599,14 @@
       const head = el("div", { class: "tc-head" },
         el("h2", { id: "tc-title", text: attr("title") || "Ask the book" }),
         btn({ class: "tc-link", onclick: () => this.newConversation() }, "New chat"),
-        (this.clearBtn = btn({ class: "tc-link", "aria-expanded": "false", "aria-controls": "tc-confirm", onclick: () => this.confirmClear(true) }, "Clear history")),
+        (this.clearBtn = btn({ class: "tc-link", "aria-expanded": "false", onclick: () => this.confirmClear(true) }, "Clear history")),
         btn({ class: "tc-icon", "aria-label": "Close chat", onclick: () => this.close() }, "×"));
-      this.eraseAll = el("input", { type: "checkbox", id: "tc-erase-all" });
-      this.confirmText = el("p", { id: "tc-confirm-text", text: "Delete all your conversations with the book? This cannot be undone." });
+      this.eraseAll = el("input", { type: "checkbox" });
+      this.confirmText = el("p", { id: "tc-confirm-text", text: "Delete all your conversations? This cannot be undone." });
       this.cancelClear = btn({ class: "tc-link", onclick: () => this.confirmClear(false) }, "Cancel");
-      this.confirm = el("div", { id: "tc-confirm", class: "tc-confirm", role: "alertdialog", "aria-labelledby": "tc-confirm-text", hidden: true },
-        this.confirmText, el("p", {}, this.eraseAll, el("label", { for: "tc-erase-all", text: " Also delete my profile and everything else kept about me" })),
-        btn({ class: "tc-danger", onclick: () => this.clearHistory() }, "Delete"), this.cancelClear);
-      this.confirm.addEventListener("keydown", (e) => e.key === "Escape" && (e.stopPropagation(), this.confirmClear(false)));
+      this.confirm = el("div", { class: "tc-confirm", role: "alertdialog", "aria-labelledby": "tc-confirm-text", hidden: true, onkeydown: (e) => e.key === "Escape" && (e.stopPropagation(), this.confirmClear(false)) },
+        this.confirmText, el("label", {}, this.eraseAll, " Also delete my profile and all my data"),
+        el("p", {}, btn({ class: "tc-danger", onclick: () => this.clearHistory() }, "Delete"), this.cancelClear));
       this.panel = el("section", { id: "tc-panel", class: "tc-panel", role: "dialog", "aria-labelledby": "tc-title", hidden: true },
         head, this.confirm, this.status, this.log, this.quote, this.form, this.live);
       this.askSel = btn({ class: "tc-ask-selection", hidden: true, "aria-keyshortcuts": "Alt+Shift+A", onmousedown: (e) => e.preventDefault(), onclick: () => this.askAboutSelection() }, "Ask about this");
