@@ -41,7 +41,6 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import psutil
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from bench.harness import (
@@ -56,7 +55,9 @@ from bench.harness import (
     split_cores,
     wait_http_ok,
 )
+from protocol.frames import TERMINAL_TYPES
 from server.auth import mint_token
+from server.tools.client import ChatClient, open_socket
 from server.tools.loadtest.config import QUESTIONS
 
 TASKS_PATH = "/soak/tasks"
@@ -126,89 +127,74 @@ class Socket:
         self.token = mint_token(JWT_SECRET, user, 24 * 3600)
         self.number = 0
 
-    async def open(self) -> ClientConnection:
-        ws = await connect(
-            self.url,
-            additional_headers={"Authorization": f"Bearer {self.token}"},
-            compression=None,
-            open_timeout=30,
-            close_timeout=5,
-            max_size=2**22,
-        )
-        ready = json.loads(await asyncio.wait_for(ws.recv(), 30))
-        if ready["type"] != "ready":
-            await ws.close()
-            raise WebSocketException(f"no ready: {ready}")
+    async def open(self) -> ChatClient:
+        chat = ChatClient(await open_socket(self.url, self.token, open_timeout=30, close_timeout=5))
         self.tally.connections += 1
-        return ws
+        return chat
 
     async def run(self) -> None:
         await asyncio.sleep(self.rng.uniform(0, 10))  # ramp up over the first 10 s
         while time.monotonic() < self.until:
             try:
-                ws = await self.open()
+                chat = await self.open()
                 try:
                     for _ in range(self.rng.randint(1, 4)):
                         if time.monotonic() >= self.until:
                             break
-                        ws = await self.ask(ws)
+                        chat = await self.ask(chat)
                         await asyncio.sleep(self.rng.uniform(1.0, 4.0))
                 finally:
-                    await ws.close()
-            except (OSError, TimeoutError, WebSocketException) as exc:
+                    await chat.ws.close()
+                    self.tally.violations += chat.violations  # the stream contract, checked
+            except (OSError, TimeoutError, ConnectionError, WebSocketException) as exc:
                 self.tally.errors[f"socket:{type(exc).__name__}"] += 1
             await asyncio.sleep(self.rng.uniform(0.2, 1.0))
 
-    async def ask(self, ws: ClientConnection) -> ClientConnection:
-        """One question; returns the socket to go on with (a new one after a drop)."""
+    async def ask(self, chat: ChatClient) -> ChatClient:
+        """One question; returns the client to go on with (a new one after a drop)."""
         self.number += 1
         sid = f"k{self.index}-{self.number}"  # unique per user: its streams outlive sockets
         self.tally.asks += 1
-        await ws.send(
-            json.dumps({"type": "ask", "id": sid, "question": self.rng.choice(QUESTIONS)})
-        )
+        await chat.send(type="ask", id=sid, question=self.rng.choice(QUESTIONS))
         fate = self.rng.random()
         action = "cancel" if fate < 0.1 else "drop" if fate < 0.2 else None
-        frames = await self.read(ws, sid, stop_after_deltas=2 if action else None)
-        if action == "cancel" and frames[-1]["type"] not in ("done", "error"):
-            await ws.send(json.dumps({"type": "cancel", "id": sid}))
-            frames += await self.read(ws, sid)
-        elif action == "drop" and frames[-1]["type"] not in ("done", "error"):
-            await ws.close()
-            ws = await self.open()
-            await ws.send(json.dumps({"type": "resume", "id": sid, "after_seq": frames[-1]["seq"]}))
-            frames += await self.read(ws, sid)
+        frames = await self.read(chat, sid, stop_after_deltas=2 if action else None)
+        if action == "cancel" and frames[-1]["type"] not in TERMINAL_TYPES:
+            await chat.send(type="cancel", id=sid)
+            frames += await self.read(chat, sid)
+        elif action == "drop" and frames[-1]["type"] not in TERMINAL_TYPES:
+            await chat.ws.close()
+            self.tally.violations += chat.violations
+            chat = await self.open()
+            await chat.send(type="resume", id=sid, after_seq=frames[-1]["seq"])
+            frames += await self.read(chat, sid)
             self.tally.resumed += 1
         self.check(sid, frames)
-        return ws
+        return chat
 
     async def read(
-        self, ws: ClientConnection, sid: str, stop_after_deltas: int | None = None
+        self, chat: ChatClient, sid: str, stop_after_deltas: int | None = None
     ) -> list[dict[str, Any]]:
         frames: list[dict[str, Any]] = []
         deltas = 0
         async with asyncio.timeout(120):
             while True:
-                frame = json.loads(await ws.recv())
+                frame = await chat.recv(timeout=120)
                 if frame.get("id") != sid:
                     continue
                 frames.append(frame)
                 deltas += frame["type"] == "delta"
-                if frame["type"] in ("done", "error"):
+                if frame["type"] in TERMINAL_TYPES:
                     return frames
                 if stop_after_deltas is not None and deltas >= stop_after_deltas:
                     return frames
 
     def check(self, sid: str, frames: list[dict[str, Any]]) -> None:
-        if "seq" not in frames[-1]:  # a refusal (of the ask or the resume), not a stream frame
-            self.tally.errors[f"refused:{frames[-1].get('code')}"] += 1
-            self.tally.violations.append(f"{self.user}/{sid}: refused {frames[-1]}")
-            return
-        seqs = [f["seq"] for f in frames]
-        if seqs != list(range(1, len(seqs) + 1)):
-            self.tally.violations.append(f"{self.user}/{sid}: seq {seqs[:8]}…")
         end = frames[-1]
-        if end["type"] == "done":
+        if "seq" not in end:  # a refusal (of the ask or the resume), not a stream frame
+            self.tally.errors[f"refused:{end.get('code')}"] += 1
+            self.tally.violations.append(f"{self.user}/{sid}: refused {end}")
+        elif end["type"] == "done":
             if end["finish_reason"] == "cancelled":
                 self.tally.cancelled += 1
             else:

@@ -56,11 +56,18 @@ class SessionQueries(StoreBase):
                     users, ids, keys, kinds, owner,
                 )  # fmt: skip
             if frames:
-                await conn.copy_records_to_table(
-                    "stream_frames",
-                    records=_runs(frames),
-                    columns=("stream_key", "first_seq", "last_seq", "frames"),
-                )
+                # A batch retried because its commit's answer was lost (a restart) is written
+                # again, with the next frames in the same run: the longer run wins, so a retry
+                # never fails on its own earlier write (and so never drops what came after it).
+                keys, firsts, lasts, texts = zip(*_runs(frames), strict=True)
+                await conn.execute(
+                    "INSERT INTO stream_frames (stream_key, first_seq, last_seq, frames)"
+                    " SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::text[])"
+                    " ON CONFLICT (stream_key, first_seq) DO UPDATE"
+                    " SET last_seq = excluded.last_seq, frames = excluded.frames"
+                    " WHERE excluded.last_seq > stream_frames.last_seq",
+                    keys, firsts, lasts, texts,
+                )  # fmt: skip
             for channel, payload in notices:
                 await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
             if progress:

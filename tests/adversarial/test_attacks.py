@@ -885,7 +885,9 @@ async def test_connections_over_the_cap_get_a_clean_503_and_others_are_served(
 
 @contextlib.asynccontextmanager
 async def _public(services: Services) -> AsyncIterator[AppServer]:
-    """The app as served on a public address (built with loopback=False)."""
+    """The app as served on a public address (built with loopback=False), with its own session
+    state: stopping it drains its registry, not the shared one."""
+    services = dataclasses.replace(services)
     app = create_app(services.settings, services=services, loopback=False)
     port = free_port()
     server = AppServer(app, make_server(app, services, "127.0.0.1", port, log_level="warning"))

@@ -50,3 +50,31 @@ async def test_close_waits_for_the_write_in_flight(services: Services, database_
     assert [seq for seq, _ in stored] == [1, 2, 3]
     record = await store.stream_record("journal-user", "s", 600)
     assert record is not None and (record.last_seq, record.finished) == (3, True)
+
+
+async def test_a_batch_retried_after_its_commit_was_lost_keeps_the_new_frames(
+    services: Services,
+) -> None:
+    """When Postgres restarts, a batch's commit can succeed while its answer is lost; the
+    journal then writes that batch again with the next frames. That retry once failed on its own
+    earlier rows (a unique violation), and the whole batch, every stream's frames, was dropped."""
+    store = services.store
+    key = "journal-retry-key"
+    start = [("journal-user", "retry", key, "answer")]
+    first = [(key, seq, _frame(seq)) for seq in (1, 2, 3)]
+    await store.write_journal(start, first, [(key, "journal-user", "retry", 3, False)], "p")
+    retried = first + [(key, seq, _frame(seq)) for seq in (4, 5)]
+    await store.write_journal(start, retried, [(key, "journal-user", "retry", 5, False)], "p")
+    later = [(key, 6, _frame(6, "done"))]
+    await store.write_journal([], later, [(key, "journal-user", "retry", 6, True)], "p")
+    assert [seq for seq, _ in await store.stream_frames(key, 0)] == [1, 2, 3, 4, 5, 6]
+    # the same when the stream began in an earlier batch
+    key = "journal-retry-later-key"
+    start = [("journal-user", "retry-later", key, "answer")]
+    head = [(key, seq, _frame(seq)) for seq in (1, 2)]
+    await store.write_journal(start, head, [(key, "journal-user", "retry-later", 2, False)], "p")
+    lost = [(key, seq, _frame(seq)) for seq in (3, 4)]
+    await store.write_journal([], lost, [(key, "journal-user", "retry-later", 4, False)], "p")
+    retry = [*lost, (key, 5, _frame(5, "done"))]
+    await store.write_journal([], retry, [(key, "journal-user", "retry-later", 5, True)], "p")
+    assert [seq for seq, _ in await store.stream_frames(key, 0)] == [1, 2, 3, 4, 5]
