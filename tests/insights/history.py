@@ -239,3 +239,10 @@ async def book_server(
                 yield server, dsn
         finally:
             await services.close()
+
+
+def embedding_cache_dir(config: Any, tmp_path: Path) -> Path:
+    """Where document vectors are kept between runs: .pytest_cache (not committed), or a
+    temporary directory when the cache provider is off (`-p no:cacheprovider`)."""
+    cache = getattr(config, "cache", None)
+    return Path(cache.mkdir("corpus-embeddings")) if cache is not None else tmp_path

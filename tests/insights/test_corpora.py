@@ -35,15 +35,18 @@ from tests.insights.history import (
     OFF_BOOK,
     READERS,
     book_server,
+    embedding_cache_dir,
     generate,
 )
 from tests.insights.test_report import assert_self_contained
 
 
 @pytest.fixture(scope="module")
-def embedding_cache(request: pytest.FixtureRequest) -> Path:
+def embedding_cache(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Document vectors of the books, kept between runs (.pytest_cache is not committed)."""
-    return Path(request.config.cache.mkdir("corpus-embeddings")) / "minilm.npz"
+    return embedding_cache_dir(request.config, tmp_path_factory.mktemp("vectors")) / "minilm.npz"
 
 
 @pytest.fixture(params=["book-a", "book-b"])

@@ -19,7 +19,13 @@ from server.settings import SAMPLE_BOOK_DIR
 from server.tools.fake_llm import FakeLLM
 from tests.browser.test_widget import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import ROOT, LiveServer, token_for
-from tests.insights.history import OFF_BOOK, SAMPLE_IN_BOOK, book_server, generate
+from tests.insights.history import (
+    OFF_BOOK,
+    SAMPLE_IN_BOOK,
+    book_server,
+    embedding_cache_dir,
+    generate,
+)
 
 SAMPLE_DIR = ROOT / "docs" / "insights"
 
@@ -28,7 +34,7 @@ SAMPLE_DIR = ROOT / "docs" / "insights"
 async def sample(
     admin_dsn: str, fake_llm: FakeLLM, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[LiveServer, str]]:
-    cache = Path(request.config.cache.mkdir("corpus-embeddings")) / "sample-book.npz"
+    cache = embedding_cache_dir(request.config, tmp_path) / "sample-book.npz"
     async with book_server(SAMPLE_BOOK_DIR, admin_dsn, fake_llm, tmp_path / "data", cache) as got:
         yield got
 
