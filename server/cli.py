@@ -1,4 +1,4 @@
-"""The `textbook-chat` command: serve, ingest, migrate, token, loadtest."""
+"""The `textbook-chat` command: serve, ingest, migrate, token, insights, loadtest."""
 
 from __future__ import annotations
 
@@ -65,11 +65,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--corpora", type=Path, default=Path("../shared/corpora"))
     evaluate.add_argument("--k", type=int, default=6, help="passages sent as sources (default 6)")
     evaluate.add_argument("--misses", action="store_true", help="list the items that missed")
+    evaluate.add_argument(
+        "--gaps",
+        type=Path,
+        metavar="OFF_BOOK_SET",
+        help="instead: calibrate UNANSWERABLE_SIMILARITY with off-book questions (eval/off_book.jsonl)",
+    )
+
+    insights = commands.add_parser(
+        "insights", help="report where the book falls short (JSON and a self-contained HTML file)"
+    )
+    insights.add_argument("--since", help="ISO date or time (default: --days before --until)")
+    insights.add_argument("--until", help="ISO date or time (default: now)")
+    insights.add_argument("--days", type=int, help="length of the period (default 30)")
+    insights.add_argument("--json", type=Path, help="write the report as JSON here ('-': stdout)")
+    insights.add_argument("--html", type=Path, help="write the report as an HTML file here")
+    insights.add_argument(
+        "--min-readers", type=int, help="k-anonymity (default INSIGHTS_MIN_READERS, 3)"
+    )
+    insights.add_argument(
+        "--book-url", help="the book's site (https://…), to make book references links"
+    )
 
     token = commands.add_parser("token", help="print an HS256 token for a user")
     token.add_argument("--sub", required=True, help="user id")
     token.add_argument(
         "--ttl", type=int, default=3600, help="seconds until it expires (default 3600)"
+    )
+    token.add_argument(
+        "--admin", action="store_true", help="an author's token (ADMIN_CLAIM set to ADMIN_ROLE)"
     )
 
     args = parser.parse_args(argv)
@@ -104,10 +128,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return run_coroutine(_migrate(settings))
         if args.command == "eval-retrieval":
+            if args.gaps is not None:
+                return run_coroutine(
+                    _calibrate(settings, args.eval_set, args.gaps, args.corpora, args.k)
+                )
             return run_coroutine(
                 _evaluate(settings, args.eval_set, args.corpora, args.k, args.misses)
             )
-        return _token(settings, args.sub, args.ttl)
+        if args.command == "insights":
+            from server.insights.cli import run_insights
+
+            return run_coroutine(run_insights(settings, args))
+        return _token(settings, args.sub, args.ttl, args.admin)
     except ConfigError as exc:
         print(f"textbook-chat: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -192,6 +224,35 @@ async def _evaluate(
     return 0
 
 
+async def _calibrate(
+    settings: Settings, eval_set: Path, off_book: Path, corpora: Path, k: int
+) -> int:
+    from server.retrieval.embeddings import LocalEmbedder
+    from server.tools.evaluation import CachedEmbedder, load_items
+    from server.tools.gap_calibration import (
+        choose_threshold,
+        load_off_book,
+        measure,
+        report,
+        worst,
+    )
+
+    inside = await asyncio.to_thread(load_items, eval_set)
+    outside = await asyncio.to_thread(load_off_book, off_book)
+    embedder = CachedEmbedder(LocalEmbedder(), settings.data_dir / "eval-embeddings.npz")
+    try:
+        measured = await measure(inside, outside, corpora, embedder, k=k)
+    finally:
+        await embedder.aclose()
+    threshold = choose_threshold(
+        [m.similarity for m in measured if m.group.startswith("in:")],
+        [m.similarity for m in measured if m.group.startswith("off:")],
+    )
+    print(report(measured, threshold))
+    print(worst(measured, threshold))
+    return 0
+
+
 async def _migrate(settings: Settings) -> int:
 
     from server.services import connect_store
@@ -203,7 +264,7 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _token(settings: Settings, sub: str, ttl: int) -> int:
+def _token(settings: Settings, sub: str, ttl: int, admin: bool = False) -> int:
     from server.auth import mint_token, signing_secret
 
     secret = signing_secret(settings, loopback=True)
@@ -211,7 +272,17 @@ def _token(settings: Settings, sub: str, ttl: int) -> int:
         raise ConfigError(
             "JWT_SECRET: `token` signs HS256 tokens; with only JWKS_URL set, tokens come from your auth server"
         )
-    print(mint_token(secret, sub, ttl, issuer=settings.jwt_issuer, audience=settings.jwt_audience))
+    extra = {settings.admin_claim: settings.admin_role} if admin else None
+    print(
+        mint_token(
+            secret,
+            sub,
+            ttl,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            extra=extra,
+        )
+    )
     return 0
 
 

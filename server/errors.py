@@ -54,6 +54,10 @@ class TokenExpired(PeerError):
     code = ErrorCode.TOKEN_EXPIRED
 
 
+class Forbidden(PeerError):
+    code = ErrorCode.FORBIDDEN
+
+
 class NotFound(PeerError):
     code = ErrorCode.NOT_FOUND
 

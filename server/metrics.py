@@ -44,6 +44,17 @@ SLOW_CLOSES = Counter(
     "chat_slow_client_closes_total", "Sockets closed with 1013 for reading too slowly"
 )
 
+RATINGS = Counter(
+    "chat_answer_ratings_total",
+    "Readers' ratings of answers, by value (withdrawn included)",
+    ["rating"],
+)
+UNANSWERABLE = Counter(
+    "chat_unanswerable_questions_total",
+    "Completed answers the book could not ground, by reason: no passage close in meaning, or the answer says the book does not cover it",
+    ["reason"],
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The metrics in Prometheus text format, and its content type."""

@@ -20,12 +20,13 @@ from server.auth import TokenVerifier, signing_secret
 from server.chapters.jobs import ChapterHub, JobShare
 from server.chat.llm import ChatModel, ExtractiveModel, OpenAIChatModel
 from server.chat.registry import StreamRegistry
-from server.cluster.bus import CHAPTER
+from server.cluster.bus import CHAPTER, ERASE
 from server.cluster.journal import FrameJournal
 from server.cluster.limits import RateLimiter
 from server.cluster.presence import Cluster
 from server.errors import ChatError, ConfigError
 from server.ingest.book import ingest_book
+from server.readers.scope import erase_notice
 from server.retrieval.embeddings import Embedder, make_embedder
 from server.retrieval.retriever import Retriever
 from server.retrieval.vectorstore import (
@@ -164,6 +165,7 @@ class Services:
             stack.push_async_callback(services.stop_sessions)
             services.cluster.start(store.dsn)
             services.cluster.on(CHAPTER, services.chapters.on_notice)
+            services.cluster.on(ERASE, lambda payload: erase_notice(services.registry, payload))
             services._exit = stack.pop_all()
             return services
         raise AssertionError("unreachable")

@@ -84,6 +84,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_answer_tokens: Annotated[int, Meta(ge=16, le=32_768)] = 1024
     model_timeout_s: Annotated[float, Meta(ge=1, le=3600)] = 60.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # The authors' insights (server/insights/): a token is an author's when its claim
+    # `admin_claim` is `admin_role` (or a list, or comma-separated string, holding it).
+    admin_claim: Annotated[str, Meta(min_length=1, max_length=200)] = "role"
+    admin_role: Annotated[str, Meta(min_length=1, max_length=200)] = "admin"
+    insights_min_readers: Annotated[int, Meta(ge=1, le=1000)] = 3  # k-anonymity
+    # Best dense cosine below which the book had nothing close to a question; calibrated on the
+    # two corpora with `textbook-chat eval-retrieval --gaps eval/off_book.jsonl` (README).
+    unanswerable_similarity: Annotated[float, Meta(ge=0, le=1)] = 0.35
 
     def __post_init__(self) -> None:
         _check(self)

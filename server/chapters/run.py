@@ -141,6 +141,8 @@ class ChapterRun:
         language = request.language if request.mode == "translate" else None
         stream.emit(Start, message_id=str(uuid.uuid4()), direction=languages.direction(language))
         key = request.key()
+        if request.mode == "personalize":  # erased with the reader's data (server/readers/)
+            await self.store.note_chapter_reader(self.identity.user_id, key)
         cached = await self.store.get_cached_chapter(key)
         if cached is not None:
             for i in range(0, len(cached.body), CACHE_DELTA_CHARS):

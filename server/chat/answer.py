@@ -17,6 +17,7 @@ from server.chat.prompt import PromptSource, build_prompt
 from server.chat.stream import Stream
 from server.cluster.journal import PROCESS_ID
 from server.errors import ChatError, DatabaseUnavailable, NotFound
+from server.insights.signals import answer_signals, count_unanswerable
 from server.metrics import DATABASE, MODEL_FIRST_CHUNK, MODEL_STREAM
 from server.retrieval.retriever import Passage
 from server.services import Services
@@ -130,9 +131,11 @@ class AnswerRun:
     async def _save(self, stream: Stream, outcome: Outcome, error: ChatError | None) -> bool:
         assert self.message_id is not None
         timings = self._timings(stream)
+        answer = "".join(self.pieces)
+        signals = answer_signals((p.similarity for p in self.passages), answer)
         outcome_row = MessageOutcome(
             status=outcome,
-            answer="".join(self.pieces),
+            answer=answer,
             error_code=error.code.value if error else None,
             prompt_tokens=self.generation.prompt_tokens,
             completion_tokens=self.generation.completion_tokens,
@@ -141,6 +144,8 @@ class AnswerRun:
                 "total_ms": timings.total_ms,
                 **({"retrieval_ms": timings.retrieval_ms} if timings.retrieval_ms else {}),
             },
+            best_similarity=signals.best_similarity,
+            not_covered=signals.not_covered,
         )
         sources = [_source_row(p) for p in self.passages]
         try:
@@ -149,6 +154,8 @@ class AnswerRun:
         except ChatError:
             log.warning("could not save message %s (%s)", self.message_id, outcome)
             return False
+        if outcome is Outcome.COMPLETE:
+            count_unanswerable(signals, self.services.settings.unanswerable_similarity)
         return True
 
     def done_fields(self, stream: Stream, outcome: Outcome) -> dict[str, Any]:

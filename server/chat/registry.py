@@ -52,6 +52,23 @@ class StreamRegistry:
         """Every stream still generating."""
         return [s for s in self._streams.values() if s.live]
 
+    def erase(self, user_id: str, matches: Callable[[Stream], bool]) -> list[Stream]:
+        """The user's data is being deleted: cancel their matching live streams (each still ends
+        with its terminal frame, saved) and forget the finished ones, whose frame logs would
+        otherwise stay resumable from memory. Returns the streams cancelled."""
+        cancelled = []
+        for stream in list(self._by_user.get(user_id, ())):
+            if not matches(stream):
+                continue
+            if stream.live:
+                stream.cancel()
+                cancelled.append(stream)
+            else:
+                stream.commit_pending()  # journaled now, so the deletion that follows has it all
+                self._cancel_timer(stream)
+                self._forget(stream)
+        return cancelled
+
     def detached(self, stream: Stream) -> None:
         """Its socket went away: cancel it unless someone resumes it within the grace period."""
         if stream.live:

@@ -128,6 +128,11 @@ class Stream:
         else:
             self.consumer.wake(self)
 
+    def commit_pending(self) -> None:
+        """Number and journal every frame still waiting for a slow reader, now; the reader then
+        takes them from the log."""
+        self._commit_all()
+
     def _commit_all(self) -> None:
         while self._tail:
             self._commit()

@@ -25,7 +25,8 @@ FOLLOW = "tc_follow"  # payload: a stream key someone on another process reads l
 CANCEL = "tc_cancel"  # payload: user \x1f stream id \x1f stream key
 CHAPTER = "tc_chapter"  # payload: journal id of a chapter job one of whose remote readers left
 PRESENCE = "tc_presence"  # payload: the id of a process that just started
-CHANNELS = (FRAMES, FOLLOW, CANCEL, CHAPTER, PRESENCE)
+ERASE = "tc_erase"  # payload: user \x1f which streams (server/readers/erase.py)
+CHANNELS = (FRAMES, FOLLOW, CANCEL, CHAPTER, PRESENCE, ERASE)
 RECONNECT_S = 1.0
 MAX_PAYLOAD = 7900  # Postgres refuses notification payloads of 8000 bytes or more
 

@@ -149,7 +149,9 @@ class FrameJournal:
             await asyncio.sleep(0.5)
 
     async def flush(self) -> None:
-        """Write everything collected so far."""
+        """Write everything collected so far, after the write in progress if there is one."""
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
         await self._write()
 
     async def close(self) -> None:

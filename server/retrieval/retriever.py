@@ -38,6 +38,7 @@ class Passage:
     url: str | None
     score: float
     text: str
+    similarity: float | None = None  # the dense cosine to the query (see vectorstore.Hit)
 
 
 class Retriever:
@@ -88,8 +89,12 @@ class Retriever:
 def rank_passages(hits: Sequence[Hit], limit: int, *, with_neighbours: bool) -> list[Passage]:
     """The chunks behind the hits (best first, scores >= 0), ranked with their chapter's relevance."""
     best: dict[str, Hit] = {}
+    closest: dict[str, float] = {}  # a chunk's best dense cosine over its windows
     for hit in sorted(hits, key=lambda h: h.score, reverse=True):
-        best.setdefault(str(hit.payload.get("chunk_id", hit.id)), hit)
+        chunk = str(hit.payload.get("chunk_id", hit.id))
+        best.setdefault(chunk, hit)
+        if hit.similarity is not None:
+            closest[chunk] = max(closest.get(chunk, hit.similarity), hit.similarity)
     by_chapter: dict[str, list[float]] = defaultdict(list)
     for hit in best.values():
         by_chapter[_chapter(hit)].append(hit.score)
@@ -108,14 +113,17 @@ def rank_passages(hits: Sequence[Hit], limit: int, *, with_neighbours: bool) -> 
             score += NEIGHBOUR_WEIGHT * max(before, after)
         ranked[chunk_id] = score
     order = sorted(ranked, key=lambda c: ranked[c], reverse=True)[:limit]
-    return [_passage(chunk_id, best[chunk_id], ranked[chunk_id]) for chunk_id in order]
+    return [
+        _passage(chunk_id, best[chunk_id], ranked[chunk_id], closest.get(chunk_id))
+        for chunk_id in order
+    ]
 
 
 def _chapter(hit: Hit) -> str:
     return str(hit.payload.get("chapter_id", ""))
 
 
-def _passage(chunk_id: str, hit: Hit, score: float) -> Passage:
+def _passage(chunk_id: str, hit: Hit, score: float, similarity: float | None) -> Passage:
     p: dict[str, Any] = hit.payload
     section = p.get("section_title") or None
     return Passage(
@@ -126,4 +134,5 @@ def _passage(chunk_id: str, hit: Hit, score: float) -> Passage:
         url=p.get("url"),
         score=score,
         text=str(p.get("text", "")),
+        similarity=similarity,
     )

@@ -7,9 +7,12 @@ import json
 import uuid
 from typing import Any
 
+import asyncpg
+
 from protocol.profile import Profile
 from server.errors import NotFound
 from server.store.base import StoreBase
+from server.store.readers import rating_of
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -30,6 +33,8 @@ class MessageOutcome:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     timings: dict[str, float] | None = None
+    best_similarity: float | None = None  # see sql/009_ratings_and_insights.sql
+    not_covered: bool | None = None
 
 
 class ConversationQueries(StoreBase):
@@ -74,12 +79,15 @@ class ConversationQueries(StoreBase):
         """Record a message as streaming (by the process `owner`), so a partial answer can be
         saved whatever happens, even to that process."""
         async with self._conn() as conn:
-            await conn.execute(
-                "INSERT INTO messages (id, conversation_id, user_id, stream_id, question, selection, chapter_id,"
-                " status, model, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, 'streaming', $8, $9)",
-                uuid.UUID(message_id), uuid.UUID(conversation_id), user_id, stream_id, question,
-                json.dumps(selection) if selection else None, chapter_id, model, owner,
-            )  # fmt: skip
+            try:
+                await conn.execute(
+                    "INSERT INTO messages (id, conversation_id, user_id, stream_id, question, selection, chapter_id,"
+                    " status, model, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, 'streaming', $8, $9)",
+                    uuid.UUID(message_id), uuid.UUID(conversation_id), user_id, stream_id, question,
+                    json.dumps(selection) if selection else None, chapter_id, model, owner,
+                )  # fmt: skip
+            except asyncpg.ForeignKeyViolationError:  # the reader deleted it meanwhile
+                raise NotFound("no such conversation") from None
 
     async def finish_message(
         self, message_id: str, sources: list[dict[str, Any]], outcome: MessageOutcome
@@ -88,10 +96,12 @@ class ConversationQueries(StoreBase):
         async with self._conn() as conn:
             await conn.execute(
                 "UPDATE messages SET status = $2, answer = $3, sources = $4, error_code = $5, prompt_tokens = $6,"
-                " completion_tokens = $7, timings = $8, finished_at = now() WHERE id = $1",
+                " completion_tokens = $7, timings = $8, best_similarity = $9, not_covered = $10,"
+                " finished_at = now() WHERE id = $1",
                 uuid.UUID(message_id), outcome.status, outcome.answer, json.dumps(sources), outcome.error_code,
                 outcome.prompt_tokens, outcome.completion_tokens,
                 json.dumps(outcome.timings) if outcome.timings else None,
+                outcome.best_similarity, outcome.not_covered,
             )  # fmt: skip
             await conn.execute(
                 "UPDATE conversations SET updated_at = now() WHERE id ="
@@ -122,14 +132,17 @@ class ConversationQueries(StoreBase):
         async with self._conn() as conn:
             conv = await _owned_conversation(conn, user_id, conversation_id)
             rows = await conn.fetch(
-                "SELECT id::text AS id, stream_id, question, selection, chapter_id, answer, sources, status,"
-                " error_code, prompt_tokens, completion_tokens, model, timings, created_at, finished_at"
-                " FROM messages WHERE conversation_id = $1 ORDER BY created_at",
+                "SELECT m.id::text AS id, stream_id, question, selection, chapter_id, answer, sources, status,"
+                " error_code, prompt_tokens, completion_tokens, model, timings, m.created_at, finished_at,"
+                " r.rating, r.comment AS rating_comment"
+                " FROM messages m LEFT JOIN ratings r ON r.message_id = m.id"
+                " WHERE conversation_id = $1 ORDER BY m.created_at",
                 conv,
-            )
+            )  # fmt: skip
         out = []
         for r in rows:
             item = dict(r)
+            item["rating"] = rating_of(item.pop("rating"), item.pop("rating_comment"))
             for key in ("selection", "sources", "timings"):
                 item[key] = json.loads(item[key]) if item[key] is not None else None
             item["created_at"] = r["created_at"].isoformat()

@@ -133,6 +133,13 @@ class SessionQueries(StoreBase):
                 "DELETE FROM stream_frames WHERE stream_key = ANY($1::text[])",
                 [k["stream_key"] for k in keys],
             )
+            # Frames journaled after their stream was erased with its reader's data (a process
+            # that still held some for a slow socket): a stream's row is always written with or
+            # before its first frames, so frames without one belong to nobody.
+            await conn.execute(
+                "DELETE FROM stream_frames f WHERE NOT EXISTS"
+                " (SELECT 1 FROM streams s WHERE s.stream_key = f.stream_key)"
+            )
         return len(keys)
 
     async def count_request(self, user_id: str) -> tuple[int, int, float]:

@@ -26,7 +26,7 @@ from protocol.profile import Profile
 from server.errors import NotFound, Unauthorized
 from server.metrics import exposition
 from server.profiles import reader_profile
-from server.web import openapi
+from server.web import insights, openapi, readers
 from server.web.endpoint import Call, Endpoint, Reply, error_response, services_of
 
 __all__ = ["ENDPOINTS", "error_response", "services_of"]
@@ -161,4 +161,6 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET", "/v1/conversations/{id}/messages", conversation_messages, {200: Messages},
         auth=True, errors=(NOT_FOUND, DB),
     ),
+    *readers.ENDPOINTS,
+    *insights.ENDPOINTS,
 )  # fmt: skip

@@ -36,11 +36,15 @@ class ChunkPoint(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Hit(msgspec.Struct, frozen=True):
-    """One search result; `score` is the retriever's own score, or the fused score (see fuse)."""
+    """One search result; `score` is the retriever's own score, or the fused score (see fuse).
+
+    `similarity` is the dense cosine of the point to the query (None when only BM25 found it):
+    unlike the fused score it is absolute, so it says how close the book came to a question."""
 
     id: str
     score: float
     payload: dict[str, Any]
+    similarity: float | None = None
 
 
 class VectorStore(Protocol):
@@ -100,12 +104,16 @@ def fuse(dense: Sequence[Hit], sparse: Sequence[Hit], limit: int) -> list[Hit]:
     floor = min((h.score for h in dense), default=0.0)
     best_bm25 = max((h.score for h in sparse), default=0.0)
     fused = {h.id: (h.score - floor, h.payload) for h in dense}
+    cosine = {h.id: h.score for h in dense}
     for h in sparse:
         keyword = KEYWORD_WEIGHT * h.score / best_bm25 if best_bm25 > 0 else 0.0
         score, payload = fused.get(h.id, (0.0, h.payload))
         fused[h.id] = (score + keyword, payload)
     ranked = sorted(fused.items(), key=lambda item: item[1][0], reverse=True)[:limit]
-    return [Hit(id=pid, score=score, payload=payload) for pid, (score, payload) in ranked]
+    return [
+        Hit(id=pid, score=score, payload=payload, similarity=cosine.get(pid))
+        for pid, (score, payload) in ranked
+    ]
 
 
 class BuiltBy(msgspec.Struct, frozen=True):

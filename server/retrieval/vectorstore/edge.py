@@ -168,7 +168,7 @@ class EdgeVectorStore:
             )
         payloads = {str(r.id): dict(r.payload or {}) for r in records}
         # a point deleted by an ingest meanwhile is dropped, not returned without its text
-        return [Hit(h.id, h.score, payloads[h.id]) for h in best if h.id in payloads]
+        return [Hit(h.id, h.score, payloads[h.id], h.similarity) for h in best if h.id in payloads]
 
     def _content_hashes_sync(self, chapter_ids: Sequence[str] | None) -> dict[str, str]:
         shard = self._require_shard()

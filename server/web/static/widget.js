@@ -500,10 +500,39 @@
       this.body = el("div", { class: "tc-body tc-md", dir: "auto" }, el("span", { class: "tc-typing", text: "Thinking…" }));
       this.sources = el("nav", { class: "tc-sources", "aria-label": "Sources", hidden: true });
       this.meta = el("p", { class: "tc-meta", hidden: true });
-      this.el = el("article", { class: "tc-msg tc-bot", "aria-busy": "true" }, this.body, this.sources, this.meta);
+      this.rating = el("div");
+      this.el = el("article", { class: "tc-msg tc-bot", "aria-busy": "true" }, this.body, this.sources, this.meta, this.rating);
+    }
+
+    /** Helpful / Not helpful under a finished answer (message `id`), and an optional comment. */
+    feedback(id, saved) {
+      if (!id) return;
+      let value = saved && saved.value;
+      const note = el("span", { class: "tc-rate-note", role: "status" });
+      const box = el("textarea", { rows: "2", maxlength: "2000", dir: "auto", "aria-label": "Comment (optional)" });
+      box.value = (saved && saved.comment) || "";
+      const save = async (v) => {
+        const body = JSON.stringify({ value: v, comment: box.value.trim() || null });
+        const res = await api(`/v1/messages/${id}/rating`, v ? { method: "PUT", headers: { "Content-Type": "application/json" }, body } : { method: "DELETE" }).catch(() => null);
+        if (!res || !res.ok) return (note.textContent = "Not saved; try again.");
+        value = v;
+        show();
+        note.textContent = v ? "Thanks!" : "Rating withdrawn.";
+      };
+      const form = el("form", { class: "tc-comment", onsubmit: (e) => (e.preventDefault(), save(value)) },
+        box, el("button", { type: "submit", class: "tc-link" }, "Send comment"));
+      const buttons = [["up", "Helpful", "👍"], ["down", "Not helpful", "👎"]].map(([v, label, icon]) =>
+        el("button", { type: "button", class: "tc-rate-btn", "data-value": v, "aria-label": label, title: label, onclick: () => save(value === v ? null : v) }, icon));
+      const show = () => {
+        for (const b of buttons) b.setAttribute("aria-pressed", String(b.dataset.value === value));
+        form.hidden = !value;
+      };
+      show();
+      this.rating.replaceChildren(el("div", { class: "tc-rate", role: "group", "aria-label": "Rate this answer" }, ...buttons, note), form);
     }
 
     reset() {
+      this.rating.replaceChildren();
       this.body.replaceChildren(el("span", { class: "tc-typing", text: "Thinking…" }));
       this.text = "";
       this.spoken = 0;
@@ -570,9 +599,16 @@
       const head = el("div", { class: "tc-head" },
         el("h2", { id: "tc-title", text: attr("title") || "Ask the book" }),
         btn({ class: "tc-link", onclick: () => this.newConversation() }, "New chat"),
+        (this.clearBtn = btn({ class: "tc-link", "aria-expanded": "false", onclick: () => this.confirmClear(true) }, "Clear history")),
         btn({ class: "tc-icon", "aria-label": "Close chat", onclick: () => this.close() }, "×"));
+      this.eraseAll = el("input", { type: "checkbox" });
+      this.confirmText = el("p", { id: "tc-confirm-text", text: "Delete all your conversations? This cannot be undone." });
+      this.cancelClear = btn({ class: "tc-link", onclick: () => this.confirmClear(false) }, "Cancel");
+      this.confirm = el("div", { class: "tc-confirm", role: "alertdialog", "aria-labelledby": "tc-confirm-text", hidden: true, onkeydown: (e) => e.key === "Escape" && (e.stopPropagation(), this.confirmClear(false)) },
+        this.confirmText, el("label", {}, this.eraseAll, " Also delete my profile and all my data"),
+        el("p", {}, btn({ class: "tc-danger", onclick: () => this.clearHistory() }, "Delete"), this.cancelClear));
       this.panel = el("section", { id: "tc-panel", class: "tc-panel", role: "dialog", "aria-labelledby": "tc-title", hidden: true },
-        head, this.status, this.log, this.quote, this.form, this.live);
+        head, this.confirm, this.status, this.log, this.quote, this.form, this.live);
       this.askSel = btn({ class: "tc-ask-selection", hidden: true, "aria-keyshortcuts": "Alt+Shift+A", onmousedown: (e) => e.preventDefault(), onclick: () => this.askAboutSelection() }, "Ask about this");
       this.root = el("div", { class: "tc-root", "data-state": "idle" }, this.panel, this.launcher, this.askSel);
       // Styles come from widget.css beside this script; the widget shows once they apply.
@@ -680,6 +716,23 @@
       this.open();
     }
 
+    confirmClear(open) {
+      this.confirm.hidden = !open;
+      this.clearBtn.setAttribute("aria-expanded", String(open));
+      (open ? this.cancelClear : this.clearBtn).focus();
+    }
+
+    /** Delete the reader's history (or all their data) on the server, then here. */
+    async clearHistory() {
+      const res = await api(this.eraseAll.checked ? "/v1/me" : "/v1/conversations", { method: "DELETE" }).catch(() => null);
+      if (!res || !res.ok) return (this.confirmText.textContent = "Not deleted; try again.");
+      store.set("pending", null, true);
+      this.newConversation();
+      this.confirmClear(false);
+      this.live.textContent = "Your history was deleted.";
+      this.input.focus();
+    }
+
     newConversation() {
       store.set("conversation", null);
       this.history.replaceChildren();
@@ -721,8 +774,10 @@
 
     onFrame(frame, view, f) {
       const nearBottom = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 60;
-      if (f.type === "start" && f.conversation_id) store.set("conversation", f.conversation_id);
-      else if (f.type === "sources") view.setSources(f.sources);
+      if (f.type === "start") {
+        view.messageId = f.message_id;
+        if (f.conversation_id) store.set("conversation", f.conversation_id);
+      } else if (f.type === "sources") view.setSources(f.sources);
       else if (f.type === "delta") view.add(f.text);
       else if (f.type === "done") {
         const note = { cancelled: "Stopped.", length: "The answer was cut short." }[f.finish_reason];
@@ -757,6 +812,7 @@
     end(frame, view, note, action, keepActive = false) {
       clearInterval(this.speaker);
       view.finish(note, action);
+      if (!keepActive) view.feedback(view.messageId);
       this.speak(view, true, note);
       store.set("pending", (store.get("pending", true) || []).filter((p) => p.id !== frame.id), true);
       if (!keepActive && this.active && this.active.id === frame.id) {
@@ -812,6 +868,7 @@
           view.text = m.answer || "";
           view.setSources(m.sources);
           view.finish(notes[m.status]);
+          if (m.status !== "streaming") view.feedback(m.id, m.rating);
           this.history.append(this.userMessage(m.question, m.selection), view.el);
         }
         this.scroll();
