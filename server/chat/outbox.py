@@ -17,6 +17,8 @@ _DELTA = b'{"type":"delta"'
 # The scope extension through which the server's protocol (server/web/protocols.py) takes a
 # text frame directly: `send_text(frame) -> False` when it must go through ASGI `send` instead.
 SEND_TEXT = "textbook-chat.send_text"
+# ... and queues the close frame past the transport's flow control: `close_now(code, reason)`.
+CLOSE_NOW = "textbook-chat.close_now"
 
 
 class Source(Protocol):
@@ -127,13 +129,17 @@ class Outbox:
     async def run(self) -> None:
         """Send until closed; a send the peer does not take within the timeout is too slow."""
         ws = self._ws
-        send_now: Callable[[bytes], bool] | None = ws.scope.get("extensions", {}).get(SEND_TEXT)
+        extensions = ws.scope.get("extensions", {})
+        send_now: Callable[[bytes], bool] | None = extensions.get(SEND_TEXT)
+        close_now: Callable[[int, str], bool] | None = extensions.get(CLOSE_NOW)
         try:
             while True:
                 item = self._next()
                 if item is None:
                     if self.close_request is not None:
                         code, reason = self.close_request
+                        if close_now is not None and close_now(code, reason):
+                            return
                         async with asyncio.timeout(2.0):
                             await ws.close(code=code, reason=reason)
                         return

@@ -22,7 +22,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from server.chat.outbox import SEND_TEXT
+from server.chat.outbox import CLOSE_NOW, SEND_TEXT
 from server.metrics import REFUSED_CONNECTIONS
 
 _TOO_MANY = (
@@ -30,6 +30,7 @@ _TOO_MANY = (
     b"retry-after: 1\r\nconnection: close\r\ncontent-length: 34\r\n\r\n"
     b"too many connections; retry later\n"
 )
+ABORT_S = 30.0  # a closed socket whose peer has not read its close frame by then is cut off
 _TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
 
 
@@ -120,6 +121,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:  # accepted by websockets: the app runs on this scope
             scope["extensions"][SEND_TEXT] = self.send_text_now
+            scope["extensions"][CLOSE_NOW] = self.close_now
 
     def send_text_now(self, data: bytes) -> bool:
         """Write one text frame (UTF-8 `data`) at once; False when it cannot be written now (the
@@ -130,6 +132,23 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.conn.send_text(data)
         self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
+
+    def close_now(self, code: int, reason: str) -> bool:
+        """Queue the close frame behind whatever the transport holds, past its flow control: a
+        reader too slow for its frames still gets the close once it has read them, and one that
+        never reads is cut off after ABORT_S. (ASGI's close waits for the transport to take
+        more, which a reader that stopped never lets it do: the socket stayed open.)"""
+        if not self.handshake_complete or self.close_sent or self.transport.is_closing():
+            return False
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(ABORT_S, self.transport.abort)
         return True
 
     def data_received(self, data: bytes) -> None:

@@ -756,8 +756,11 @@ async def test_a_stored_stream_resumed_twice_on_one_socket_is_replayed_once(
 ) -> None:
     """Resuming the same stored stream twice once replayed every frame twice, with two
     terminal frames."""
-    frames = await _stored_stream(services, "twice", "t1")
-    async with server_with(services) as second, connect(second.ws_url, token_for("twice")) as chat:
+    frames = await _stored_stream(services, "resumed-twice", "t1")
+    async with (
+        server_with(services) as second,
+        connect(second.ws_url, token_for("resumed-twice")) as chat,
+    ):
         await chat.send(type="resume", id="t1", after_seq=1)
         await chat.send(type="resume", id="t1", after_seq=1)
         got = []

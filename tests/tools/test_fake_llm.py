@@ -299,9 +299,13 @@ async def test_base64_embedding_matches_float32_bytes(fake: FakeLLM) -> None:
 
 
 async def test_capacity_probe_reports_a_small_level() -> None:
-    results = await measure_capacity(levels=(50,), tokens_per_second=50, tokens=20, pin_cores=False)
+    # Enough work inside the measuring window for CPU accounting (10 ms ticks) to see it: 20
+    # tokens at 50/s once ended before the window began on a busy machine and read as 0.0.
+    results = await measure_capacity(
+        levels=(100,), tokens_per_second=100, tokens=200, pin_cores=False
+    )
     assert len(results) == 1
-    assert results[0].completed == 50
+    assert results[0].completed == 100
     assert 0 < results[0].server_cpu < 1.5
 
 
