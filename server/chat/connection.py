@@ -97,7 +97,6 @@ class Connection:
         token = header[7:].strip() if header.lower().startswith("bearer ") else None
         await self.ws.accept()
         CONNECTIONS.inc()
-        writer = asyncio.create_task(self._outbox.run(), name=f"writer:{self.session_id}")
         try:
             await self._carry_out(self.rules.connected(token, time.monotonic()))
             while self._outbox.close_request is None:
@@ -117,11 +116,7 @@ class Connection:
             if self._registered and self.rules.user_id is not None:
                 self.services.registry.disconnect(self.rules.user_id, self)
             self._outbox.close(CloseCode.NORMAL)
-            try:
-                await asyncio.wait_for(writer, timeout=2.0)
-            except TimeoutError:
-                writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
+            await self._outbox.finished(timeout_s=2.0)
             CONNECTIONS.dec()
 
     def close(self, code: CloseCode, reason: str = "") -> None:

@@ -68,7 +68,7 @@ async def test_control_frames_go_before_stream_frames_and_close_comes_last() -> 
     outbox.control(b'{"type":"pong"}')
     outbox.close(1000, "bye")
     outbox.control(b'{"type":"pong","nonce":"2"}')
-    await outbox.run()
+    await outbox.finished(5)
     assert [f["type"] for f in socket.sent] == ["pong", "pong"]  # closing drops the streams
     assert socket.closed == (1000, "bye")
 
@@ -81,10 +81,9 @@ async def test_streams_take_turns() -> None:
         stream.attach(reader, 0)
         stream.emit(Start, message_id="m")
         stream.done(finish_reason="stop", timings=stream.timings())
-    writer = asyncio.create_task(outbox.run())
     await until(lambda: len(socket.sent) == 4)
     outbox.close(1000)
-    await writer
+    await outbox.finished(5)
     assert [f["id"] for f in socket.sent] == ["a", "b", "a", "b"]
 
 
@@ -96,7 +95,7 @@ async def test_a_stream_taken_by_another_reader_is_skipped() -> None:
     stream.emit(Start, message_id="m")
     stream.attach(Reader(Outbox(Socket(), None, send_timeout_s=1, too_slow=print)), 0)  # type: ignore[arg-type]
     outbox.close(1000)
-    await outbox.run()
+    await outbox.finished(5)
     assert socket.sent == []
 
 
@@ -105,7 +104,6 @@ async def test_deltas_merge_while_the_peer_is_slow() -> None:
     outbox, reader, _ = make(socket)
     stream = Stream("s", "u", "answer")
     stream.attach(reader, 0)
-    writer = asyncio.create_task(outbox.run())
     socket.gate.clear()  # the peer stops reading
     stream.emit(Start, message_id="m")
     await until(lambda: outbox._ready == {})  # start taken, its send blocked
@@ -114,7 +112,7 @@ async def test_deltas_merge_while_the_peer_is_slow() -> None:
     socket.gate.set()
     await until(lambda: len(socket.sent) == 2)
     outbox.close(1000)
-    await writer
+    await outbox.finished(5)
     assert socket.sent[1]["text"] == "abcde" and socket.sent[1]["seq"] == 2
 
 
@@ -122,7 +120,6 @@ async def test_a_control_backlog_holds_the_reader_until_the_writer_catches_up() 
     socket = Socket()
     outbox, _, _ = make(socket, control_limit=4)
     socket.gate.clear()
-    writer = asyncio.create_task(outbox.run())
     for n in range(5):
         outbox.control(f'{{"type":"pong","nonce":"{n}"}}'.encode())
     assert outbox.backlogged
@@ -132,7 +129,7 @@ async def test_a_control_backlog_holds_the_reader_until_the_writer_catches_up() 
     socket.gate.set()
     await asyncio.wait_for(drained, 5)
     outbox.close(1000)
-    await writer
+    await outbox.finished(5)
     assert [f["nonce"] for f in socket.sent] == ["0", "1", "2", "3", "4"]
 
 
@@ -141,17 +138,16 @@ async def test_a_peer_that_stops_reading_is_too_slow() -> None:
     outbox, _, slow = make(socket, send_timeout_s=0.05)
     socket.gate.clear()
     outbox.control(b'{"type":"pong"}')
-    writer = asyncio.create_task(outbox.run())
     await until(lambda: slow == ["the client stopped reading"])
     outbox.close(1013)
-    writer.cancel()
-    await asyncio.gather(writer, return_exceptions=True)
+    await outbox.finished(0.1)  # its close cannot go out either: given up on
     assert not outbox.backlogged  # a stopped writer holds no reader back
 
 
 async def test_frames_go_straight_to_the_protocol_while_it_takes_them() -> None:
-    """The server's protocol offers a direct send (server/web/protocols.py); the writer uses it
-    while it takes frames and waits through ASGI `send` when it pushes back."""
+    """The server's protocol offers a direct send (server/web/protocols.py): frames go out as
+    they are queued, with no writer task; when the transport pushes back a writer waits through
+    ASGI `send`, and once it caught up frames go out directly again."""
     socket = Socket()
     direct: list[bytes] = []
     pushing_back = False
@@ -166,12 +162,18 @@ async def test_frames_go_straight_to_the_protocol_while_it_takes_them() -> None:
     outbox, reader, _ = make(socket)
     stream = Stream("s", "u", "answer")
     stream.attach(reader, 0)
-    writer = asyncio.create_task(outbox.run())
     stream.emit(Start, message_id="m")
-    await until(lambda: len(direct) == 1)
+    assert len(direct) == 1 and outbox._writer is None  # sent as it was queued
     pushing_back = True
     stream.emit(Delta, text="x")
+    assert outbox._writer is not None
     await until(lambda: len(socket.sent) == 1)
+    await until(lambda: outbox._writer is None)  # caught up
+    pushing_back = False
+    stream.emit(Delta, text="y")  # within the delta tick of "x": goes out at its end
+    await until(lambda: len(direct) == 2)
+    assert outbox._writer is None
     outbox.close(1000)
-    await writer
-    assert json.loads(direct[0])["type"] == "start" and socket.sent[0]["text"] == "x"
+    await outbox.finished(5)
+    assert [json.loads(d)["type"] for d in direct] == ["start", "delta"]
+    assert socket.sent[0]["text"] == "x" and socket.closed == (1000, "")
