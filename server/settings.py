@@ -78,6 +78,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     drain_s: Annotated[float, Meta(ge=0, le=3600)] = 20.0
     token_expiry_grace_s: Annotated[float, Meta(ge=0, le=300)] = DEFAULT_LIMITS.token_expiry_grace_s
     slow_client_s: Annotated[float, Meta(ge=1, le=600)] = 10.0
+    # a stream's deltas reach its reader at most this often; 0 sends each token as its own frame
+    delta_tick_ms: Annotated[float, Meta(ge=0, le=1000)] = 30.0
     auth_timeout_s: Annotated[float, Meta(ge=1, le=300)] = DEFAULT_LIMITS.auth_timeout_s
     history_messages: Annotated[int, Meta(ge=0, le=50)] = 6
     sources_per_answer: Annotated[int, Meta(ge=1, le=20)] = 6

@@ -244,7 +244,8 @@ class Connection:
             work = AnswerRun(s, user, frame)
         else:
             work = ChapterRun(s.store, s.generative_model, s.chapters, s.limiter, identity, frame)
-        stream = Stream(sid, user, "answer" if isinstance(frame, Ask) else "chapter", s.journal)
+        kind = "answer" if isinstance(frame, Ask) else "chapter"
+        stream = Stream(sid, user, kind, s.journal, tick_s=self.settings.delta_tick_ms / 1000)
         registry.add(stream)
         s.journal.started(stream)
         self.streams[sid] = stream

@@ -54,7 +54,13 @@ class Stream:
     """A generation that numbers its frames and keeps them for replay."""
 
     def __init__(
-        self, stream_id: str, user_id: str, kind: str, journal: Journal | None = None
+        self,
+        stream_id: str,
+        user_id: str,
+        kind: str,
+        journal: Journal | None = None,
+        *,
+        tick_s: float = DELTA_TICK_S,
     ) -> None:
         self.id = stream_id
         self.user_id = user_id
@@ -78,6 +84,7 @@ class Stream:
         self._tail_chars = 0
         self.cancel_requested = False
         self._running = False
+        self._tick_s = tick_s
         self._woken_at = 0.0  # monotonic time deltas were last handed to the reader
         self._tick_timer: asyncio.TimerHandle | None = None
 
@@ -114,13 +121,13 @@ class Stream:
         self._queued()
 
     def _tick(self) -> None:
-        """Hand deltas to the reader at most every DELTA_TICK_S: a fast model's tokens merge
+        """Hand deltas to the reader at most every tick (DELTA_TICK_MS): a fast model's tokens merge
         into one frame per tick (fewer frames to encode, send and journal), never held longer
         than the tick; at 20 tokens/s each token still goes out alone, at once."""
         if self._tick_timer is not None:
             return  # a wake is due: this delta joins the one waiting
         now = time.monotonic()
-        due = self._woken_at + DELTA_TICK_S
+        due = self._woken_at + self._tick_s
         if now >= due:
             self._woken_at = now
             self._queued()
