@@ -205,6 +205,20 @@ def streams_per_core(levels: list[Level], tps: float) -> float | None:
     return 1e6 / (statistics.median(costs) * tps)
 
 
+def cost_per_token(levels: list[Level], tps: float) -> float | None:
+    """Median target CPU per token due (us) over the levels that delivered what was due and
+    did not saturate the target's core: comparable whatever the deltas carried."""
+    costs = [
+        lv.cpu["target"] / (lv.streams * tps) * 1e6
+        for lv in levels
+        if "target" in lv.cpu
+        and lv.cpu["target"] < 0.85
+        # delivered: every token (merged ~33 frames/s at most by the server's delta tick)
+        and lv.deltas_per_s >= 0.9 * lv.streams * min(tps, 1 / 0.03)
+    ]
+    return statistics.median(costs) if costs else None
+
+
 def print_levels(
     name: str, levels: list[Level], gap_limit: float, tps: float, cores: Cores
 ) -> None:
@@ -273,6 +287,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     results: dict[str, int | None] = {}
     per_core: dict[str, float | None] = {}
+    levels_of: dict[str, list[Level]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-capacity-") as tmp:
         log_dir = Path(tmp)
         async with fake_model(cores.client, log_dir, tokens=args.tokens, tps=args.tps) as (
@@ -281,8 +296,12 @@ async def main(args: argparse.Namespace) -> None:
         ):
             for name in args.targets.split(","):
                 if name.startswith("full"):
-                    workers = int(name.partition(":")[2] or 1)
-                    target_cm = chat_server(model_url, cores.target, log_dir, workers=workers)
+                    spec, _, settings = name.partition("@")  # full:2@DELTA_TICK_MS=0
+                    workers = int(spec.partition(":")[2] or 1)
+                    env = dict(kv.split("=", 1) for kv in settings.split("+") if kv)
+                    target_cm = chat_server(
+                        model_url, cores.target, log_dir, workers=workers, **env
+                    )
                 else:
                     target_cm = relay(name, model_url, cores.target, log_dir)
                 async with target_cm as target:
@@ -295,8 +314,9 @@ async def main(args: argparse.Namespace) -> None:
                         ramp_s=args.ramp,
                         tps=args.tps,
                     )
-                print_levels(target.name, measured, args.gap_limit, args.tps, cores)
+                print_levels(name, measured, args.gap_limit, args.tps, cores)
                 results[name] = capacity(measured, args.gap_limit, args.tps)
+                levels_of[name] = measured
                 per_core[name] = streams_per_core(measured, args.tps)
     print("\ncapacity: most streams with gap p99 within the limit; streams/core from CPU per delta")
     rows = []
@@ -311,6 +331,17 @@ async def main(args: argparse.Namespace) -> None:
             ]
         )
     print(table(["target", "streams", "vs full", "streams/core", "vs full"], rows))
+    cost = {name: cost_per_token(levels_of[name], args.tps) for name in levels_of}
+    base = cost.get("raw") or cost.get("sdk")
+    print("\nCPU per token (target CPU / tokens due, median of the levels it kept up with):")
+    print(
+        table(
+            ["target", "cpu us/token", "vs raw relay"],
+            [[n, fmt(c, 0), ratio(c, cost.get("raw"))] for n, c in cost.items()],
+        )
+    )
+    if base is None:
+        print("(add raw to --targets for the ratio against the self-parsing relay)")
     if not any(name.startswith("full:") for name in results):
         print(
             "serve --workers N: measure with --targets full,full:2 --no-pin"
@@ -322,7 +353,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default=",".join(str(n) for n in DEFAULT_LEVELS))
     parser.add_argument(
-        "--targets", default="full,sdk,raw", help="full, full:N (serve --workers N), sdk, raw"
+        "--targets",
+        default="full,sdk,raw",
+        help="full, full:N (serve --workers N), full@SETTING=VALUE+... (a setting changed), sdk, raw",
     )
     parser.add_argument("--step", type=float, default=6.0, help="seconds per level")
     parser.add_argument(
