@@ -64,6 +64,8 @@ _INVISIBLE_TAGS = re.compile("[\U000e0000-\U000e007f]")
 
 def quote(text: str) -> str:
     """`text` made safe to place between the prompt's tags, as data."""
+    if text.isascii():  # no look-alikes, no tag characters: only `<` matters
+        return _TAG_START.sub("&lt;", text) if "<" in text else text
     text = _INVISIBLE_TAGS.sub("", text).translate(_LOOKALIKE_LT)
     return _TAG_START.sub("&lt;", text)
 

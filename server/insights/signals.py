@@ -26,9 +26,21 @@ _NOT_COVERED = re.compile(
 )
 
 
+# Every phrasing above holds a negation; the full pattern runs only on the text around one (it
+# costs ~0.25 ms on a 300-token answer, around a few words of it ~10 µs).
+_NEGATION_HINT = re.compile(r"not\b|n't\b|\bno\b|\bfails?\b", re.IGNORECASE)
+_BEFORE, _AFTER = 110, 100  # the farthest a phrasing reaches on either side of its negation
+
+
 def says_not_covered(answer: str) -> bool:
     """True when the answer says the book (or its sources) does not cover the question."""
-    return _NOT_COVERED.search(answer) is not None
+    for hint in _NEGATION_HINT.finditer(answer):
+        start = answer.rfind(" ", 0, max(0, hint.start() - _BEFORE)) + 1  # whole words only
+        end = answer.find(" ", hint.end() + _AFTER)
+        window = answer[start : end if end != -1 else len(answer)]
+        if _NOT_COVERED.search(window) is not None:
+            return True
+    return False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +14,8 @@ from server.retrieval.embeddings import Embedder
 from server.retrieval.vectorstore import Bm25Encoder, Hit, VectorStore
 
 INLINE_BM25_CHARS = 2000  # longer queries (selections) are encoded in a thread
+RESULTS_KEPT = 4096
+RESULTS_TTL_S = 300.0
 # Index points fetched per passage returned: a chunk's windows and the chunk itself fold together.
 CANDIDATES_PER_PASSAGE = 8
 # A passage in a chapter that matches in several places is likelier to be the answer than an
@@ -42,12 +44,20 @@ class Passage:
 
 
 class Retriever:
-    """Finds the passages of the book that best answer a question."""
+    """Finds the passages of the book that best answer a question.
+
+    Readers of one book ask the same questions (and highlight the same passages): the passages
+    found for a query are kept for RESULTS_TTL_S (RESULTS_KEPT at most, least recently used out),
+    so a repeat costs neither an embedding nor a search. A book re-ingested into a Qdrant server
+    while serving shows in answers within that time."""
 
     def __init__(self, embedder: Embedder, vectors: VectorStore, bm25: Bm25Encoder) -> None:
         self._embedder = embedder
         self._vectors = vectors
         self._bm25 = bm25
+        self._results: OrderedDict[tuple[str, str | None, int], tuple[float, list[Passage]]] = (
+            OrderedDict()
+        )
 
     async def search(
         self,
@@ -63,6 +73,13 @@ class Retriever:
         `spans`, when given, receives `embed_ms` and `search_ms`.
         """
         query = f"{selection}\n{question}" if selection else question
+        key = (query, chapter_id, limit)
+        found = self._results.get(key)
+        if found is not None and time.monotonic() - found[0] < RESULTS_TTL_S:
+            self._results.move_to_end(key)
+            if spans is not None:
+                spans["embed_ms"] = spans["search_ms"] = 0.0
+            return found[1]
         started = time.perf_counter()
         dense = await self._embedder.embed_query(query)
         embedded = time.perf_counter()
@@ -83,7 +100,16 @@ class Retriever:
             spans["search_ms"] = (done - embedded) * 1000.0
         EMBEDDING.observe(embedded - started)
         RETRIEVAL.observe(done - embedded)
-        return rank_passages(hits, limit, with_neighbours=bool(selection))
+        passages = rank_passages(hits, limit, with_neighbours=bool(selection))
+        self._results[key] = (time.monotonic(), passages)
+        self._results.move_to_end(key)
+        if len(self._results) > RESULTS_KEPT:
+            self._results.popitem(last=False)
+        return passages
+
+    def forget(self) -> None:
+        """Drop the kept results (the book changed)."""
+        self._results.clear()
 
 
 def rank_passages(hits: Sequence[Hit], limit: int, *, with_neighbours: bool) -> list[Passage]:

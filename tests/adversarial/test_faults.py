@@ -255,14 +255,16 @@ async def test_the_vector_store_going_away_is_retryable_and_recovers(
             async with connect(server.ws_url, token_for("vec")) as chat:
                 assert _end(await chat.ask("1", "What is a humanoid?")) == "done"
                 await vectors.aclose()  # the index goes away under a live socket
-                down = await chat.ask("2", "What is a humanoid?")
+                down = await chat.ask("2", "How does a humanoid keep its balance?")
+                repeat = await chat.ask("2b", "What is a humanoid?")  # found a moment ago
                 ready_down = await http.get("/readyz")
                 await vectors.open(dim=embedder.dim, embedding_model=embedder.model_name)
-                back = await chat.ask("3", "What is a humanoid?")
+                back = await chat.ask("3", "What sensors does a humanoid use?")
             ready_back = await http.get("/readyz")
     finally:
         await vectors.aclose()
     assert down[-1]["code"] == "retrieval_unavailable" and down[-1]["retryable"] is True
+    assert _end(repeat) == "done", "a repeated question is answered from the kept passages"
     assert ready_down.status_code == 503 and ready_down.json()["checks"]["vector_store"] != "ok"
     assert _end(back) == "done" and ready_back.status_code == 200
 
