@@ -34,7 +34,7 @@ from server.auth import Identity
 from server.chapters.run import ChapterRun
 from server.chat.answer import AnswerRun
 from server.chat.outbox import Outbox
-from server.chat.stream import Stream
+from server.chat.stream import BUFFER_CHECK_CHARS, Stream
 from server.cluster.replay import StoredStream
 from server.errors import (
     ChatError,
@@ -48,8 +48,6 @@ from server.metrics import CONNECTIONS, ERRORS, SLOW_CLOSES
 from server.services import Services
 
 log = logging.getLogger(__name__)
-
-BUFFER_CHECK_CHARS = 16_384  # a stream's share of buffered text before the socket's sum is taken
 
 
 class Connection:

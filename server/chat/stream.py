@@ -25,6 +25,9 @@ from server.metrics import DELTA_GAP, FIRST_DELTA, LIVE_STREAMS, MERGES, SERVER_
 
 MAX_MERGED_DELTA = 65_536  # characters in one merged delta frame
 DELTA_TICK_S = 0.03  # at most ~33 delta frames a second per stream reach a reader
+# Text a stream holds for its reader beyond which the reader is woken at once, tick or not, and
+# the connection weighs the socket's whole buffer against its limit.
+BUFFER_CHECK_CHARS = 16_384
 
 
 class Consumer(Protocol):
@@ -125,6 +128,10 @@ class Stream:
         into one frame per tick (fewer frames to encode, send and journal), never held longer
         than the tick; at 20 tokens/s each token still goes out alone, at once."""
         if self._tick_timer is not None:
+            if self._tail_chars > BUFFER_CHECK_CHARS:
+                # A reader this far behind is not kept waiting for the tick either: the
+                # connection must see the text pile up (an unpaced model fills a tick with MBs).
+                self._queued()
             return  # a wake is due: this delta joins the one waiting
         now = time.monotonic()
         due = self._woken_at + self._tick_s

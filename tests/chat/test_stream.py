@@ -10,7 +10,7 @@ import pytest
 
 from protocol.contract import StreamContract
 from protocol.frames import Delta, Sources, Start
-from server.chat.stream import DELTA_TICK_S, MAX_MERGED_DELTA, Stream
+from server.chat.stream import BUFFER_CHECK_CHARS, DELTA_TICK_S, MAX_MERGED_DELTA, Stream
 from server.errors import RateLimited
 
 
@@ -182,6 +182,24 @@ async def test_a_fast_model_s_deltas_go_out_once_per_tick() -> None:
     assert "".join(texts) == "".join(f"{n} " for n in range(30)), "nothing lost or reordered"
     assert len(texts) <= 0.3 / DELTA_TICK_S + 2, texts
     assert texts[0] == "0 ", "the first delta is not held"
+
+
+async def test_text_piling_up_within_a_tick_wakes_the_reader_at_once() -> None:
+    """An unpaced model can put megabytes in one tick: the connection must see them pile up
+    (its buffer limit is weighed on wake-ups), so past BUFFER_CHECK_CHARS the tick does not wait."""
+    stream = Stream("s", "u", "answer", tick_s=60.0)
+    reader = Reader()
+    stream.attach(reader, 0)
+    stream.emit(Delta, text="first")  # goes at once; the next ones wait for the tick
+    woken = reader.wakes
+    piece = "w" * 1000
+    for _ in range(BUFFER_CHECK_CHARS // len(piece)):
+        stream.emit(Delta, text=piece)
+    assert reader.wakes == woken, "below the check, deltas merge for the tick"
+    stream.emit(Delta, text=piece)
+    assert stream.buffered_chars() > BUFFER_CHECK_CHARS
+    assert reader.wakes == woken + 1, "past it, the reader is woken without waiting"
+    stream.done()
 
 
 async def test_a_slow_model_s_deltas_go_out_at_once() -> None:
