@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 import uuid
@@ -33,7 +34,8 @@ class AnswerRun:
         self.services = services
         self.user_id = user_id
         self.ask = ask
-        self.pieces: list[str] = []
+        # Written as it streams: one compact buffer, not a str object per token.
+        self.text = io.StringIO()
         self.passages: list[Passage] = []
         self.generation = Generation()
         self.message_id: str | None = None
@@ -90,7 +92,7 @@ class AnswerRun:
                     stream.first_chunk_at - model_started
                 ) * 1000.0
                 MODEL_FIRST_CHUNK.observe(stream.first_chunk_at - model_started)
-            self.pieces.append(text)
+            self.text.write(text)
             stream.emit(Delta, text=text)
         MODEL_STREAM.observe(time.perf_counter() - model_started)
 
@@ -131,7 +133,7 @@ class AnswerRun:
     async def _save(self, stream: Stream, outcome: Outcome, error: ChatError | None) -> bool:
         assert self.message_id is not None
         timings = self._timings(stream)
-        answer = "".join(self.pieces)
+        answer = self.text.getvalue()
         signals = answer_signals((p.similarity for p in self.passages), answer)
         outcome_row = MessageOutcome(
             status=outcome,

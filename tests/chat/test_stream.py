@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from protocol.contract import StreamContract
-from protocol.frames import Delta, Sources, Start
+from protocol.frames import Delta, Source, Sources, Start
 from server.chat.stream import BUFFER_CHECK_CHARS, DELTA_TICK_S, MAX_MERGED_DELTA, Stream
 from server.errors import RateLimited
 
@@ -199,7 +199,7 @@ async def test_text_piling_up_within_a_tick_wakes_the_reader_at_once() -> None:
     stream.emit(Delta, text=piece)
     assert stream.buffered_chars() > BUFFER_CHECK_CHARS
     assert reader.wakes == woken + 1, "past it, the reader is woken without waiting"
-    stream.done()
+    stream.done(finish_reason="stop", timings=stream.timings())
 
 
 async def test_a_slow_model_s_deltas_go_out_at_once() -> None:
@@ -209,3 +209,32 @@ async def test_a_slow_model_s_deltas_go_out_at_once() -> None:
         stream.emit(Delta, text=str(n))
         assert [f["text"] for f in drain(stream)] == [str(n)]
         await asyncio.sleep(DELTA_TICK_S + 0.005)  # 20 tokens/s is slower than the tick
+
+
+async def test_the_log_replays_every_frame_byte_for_byte_as_sent() -> None:
+    """Deltas are kept by their text and re-encoded on replay: the bytes must not differ."""
+    stream = Stream("s-\u00e9", "u", "answer")
+    reader = Reader()
+    stream.attach(reader, 0)
+    stream.emit(Start, message_id="m")
+    source = Source(chapter="c", title="T\u00edtulo", score=0.1234, text='a "passage"\n')
+    stream.emit(Sources, sources=[source])
+    sent = [stream.take(), stream.take()]
+    texts = ['say "hi"\n', "\u0627\u0631\u062f\u0648 ", "\U0001f600", "\\u0000 ", "</script>"]
+    live: list[bytes] = []
+    for text in texts:
+        stream.emit(Delta, text=text)
+        while (data := stream.take()) is not None:
+            live.append(data)
+    stream.done(finish_reason="stop", timings=stream.timings())
+    live.append(stream.take() or b"")
+    assert [json.loads(d) for d in live][: len(texts)] == [
+        {"type": "delta", "id": "s-\u00e9", "seq": 3 + n, "text": t} for n, t in enumerate(texts)
+    ]
+    replayed = list(stream.log)
+    assert replayed == sent + live
+    stream.attach(Reader(), 4)  # a resume after seq 4
+    resumed = []
+    while (data := stream.take()) is not None:
+        resumed.append(data)
+    assert resumed == live[2:]
