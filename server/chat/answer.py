@@ -58,13 +58,14 @@ class AnswerRun:
                 retrieving = group.create_task(self._retrieve(selection))
         except* ChatError as failed:
             raise failed.exceptions[0] from None
-        conversation_id, history = opening.result()
+        conversation_id, history, new_conversation = opening.result()
         self.passages = retrieving.result()
         self.message_id = str(uuid.uuid4())
         t = time.perf_counter()
         await s.store.begin_message(
             message_id=self.message_id,
             conversation_id=conversation_id,
+            new_conversation=new_conversation,
             user_id=self.user_id,
             stream_id=stream.id,
             question=ask.question,
@@ -108,11 +109,11 @@ class AnswerRun:
         self.spans["retrieval_ms"] = (time.perf_counter() - t) * 1000.0
         return passages
 
-    async def _open_conversation(self) -> tuple[str, list[Turn]]:
+    async def _open_conversation(self) -> tuple[str, list[Turn], bool]:
         t = time.perf_counter()
         s = self.services
         found = await s.store.open_conversation(
-            self.user_id, self.ask.conversation_id, self.ask.question, s.settings.history_messages
+            self.user_id, self.ask.conversation_id, s.settings.history_messages
         )
         self.spans["db_ms"] = (time.perf_counter() - t) * 1000.0
         return found
@@ -151,8 +152,10 @@ class AnswerRun:
         )
         sources = [_source_row(p) for p in self.passages]
         try:
-            await self.services.store.finish_message(self.message_id, sources, outcome_row)
-            await self.services.limiter.record(self.user_id, self.generation.completion_tokens)
+            # the day's completion tokens (RateLimiter's quota) are added in the same statement
+            await self.services.store.finish_message(
+                self.message_id, sources, outcome_row, user_id=self.user_id
+            )
         except ChatError:
             log.warning("could not save message %s (%s)", self.message_id, outcome)
             return False

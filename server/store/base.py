@@ -34,6 +34,32 @@ _UNAVAILABLE = (
 )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to undo when a connection goes back to the pool: no statement here leaves session
+    state (no SET, LISTEN, cursor or held advisory lock; asyncpg rolls back an open transaction
+    itself), and asyncpg's default reset query was one more round trip per acquire."""
+
+
+# How the server's connections are made: also by tests that count a store's statements.
+POOL_OPTIONS: dict[str, Any] = {
+    "command_timeout": 30,
+    "server_settings": {"application_name": "textbook-chat"},
+    "reset": _keep_session,
+}
+
+
+def add_usage_sql(user: str, tokens: str) -> str:
+    """SQL adding `tokens` completion tokens (if > 0) to `user`'s day (UTC); both are SQL
+    parameters such as "$1", so the statement can end a larger one."""
+    return (
+        "INSERT INTO usage_daily (user_id, day, completion_tokens)"
+        f" SELECT {user}::text, (now() AT TIME ZONE 'utc')::date, {tokens}::integer"
+        f" WHERE {tokens}::integer > 0"
+        " ON CONFLICT (user_id, day)"
+        " DO UPDATE SET completion_tokens = usage_daily.completion_tokens + EXCLUDED.completion_tokens"
+    )
+
+
 @contextlib.contextmanager
 def _unavailable_as_chat_error() -> Any:
     try:
@@ -59,7 +85,7 @@ class StoreBase:
         one; raise DatabaseUnavailable if the server cannot be reached."""
         with _unavailable_as_chat_error():
             pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, command_timeout=30, init=_init_connection
+                dsn, min_size=min_size, max_size=max_size, **POOL_OPTIONS
             )
         return cls(pool, dsn, wait_s=wait_s)
 
@@ -116,7 +142,3 @@ class StoreBase:
 def _migration_files(directory: Path) -> list[tuple[int, Path]]:
     found = ((_MIGRATION_NAME.match(p.name), p) for p in directory.glob("*.sql"))
     return sorted((int(m.group(1)), p) for m, p in found if m)
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.execute("SET application_name = 'textbook-chat'")

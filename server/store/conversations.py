@@ -11,7 +11,7 @@ import asyncpg
 
 from protocol.profile import Profile
 from server.errors import NotFound
-from server.store.base import StoreBase
+from server.store.base import StoreBase, add_usage_sql
 from server.store.readers import rating_of
 
 
@@ -41,33 +41,36 @@ class ConversationQueries(StoreBase):
     """The readers' own data."""
 
     async def open_conversation(
-        self, user_id: str, conversation_id: str | None, title: str, history_limit: int
-    ) -> tuple[str, list[Turn]]:
-        """Continue the user's conversation (with its recent turns) or start a new one."""
+        self, user_id: str, conversation_id: str | None, history_limit: int
+    ) -> tuple[str, list[Turn], bool]:
+        """The user's conversation with its recent turns, or a new one's id (the conversation is
+        created with its first message, in `begin_message`'s statement); True when it is new."""
+        if conversation_id is None:
+            return str(uuid.uuid4()), [], True
+        conv = _parse_uuid(conversation_id)
+        if conv is None:
+            raise NotFound("no such conversation")
         async with self._conn() as conn:
-            if conversation_id is None:
-                new_id = uuid.uuid4()
-                await conn.execute(
-                    "INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)",
-                    new_id,
-                    user_id,
-                    title[:200],
-                )
-                return str(new_id), []
-            conv = await _owned_conversation(conn, user_id, conversation_id)
+            # One round trip: the owner and the turns (none: one row of NULLs).
             rows = await conn.fetch(
-                "SELECT question, answer FROM messages WHERE conversation_id = $1 AND status = 'complete'"
-                " ORDER BY created_at DESC LIMIT $2",
+                "SELECT c.user_id, t.question, t.answer FROM conversations c LEFT JOIN LATERAL"
+                " (SELECT question, answer, created_at FROM messages WHERE conversation_id = c.id"
+                " AND status = 'complete' ORDER BY created_at DESC LIMIT $2) t ON true"
+                " WHERE c.id = $1 ORDER BY t.created_at",
                 conv,
                 history_limit,
             )
-        return conversation_id, [Turn(r["question"], r["answer"]) for r in reversed(rows)]
+        if not rows or rows[0]["user_id"] != user_id:
+            raise NotFound("no such conversation")
+        turns = [Turn(r["question"], r["answer"]) for r in rows if r["question"] is not None]
+        return conversation_id, turns, False
 
     async def begin_message(
         self,
         *,
         message_id: str,
         conversation_id: str,
+        new_conversation: bool,
         user_id: str,
         stream_id: str,
         question: str,
@@ -77,37 +80,55 @@ class ConversationQueries(StoreBase):
         owner: str,
     ) -> None:
         """Record a message as streaming (by the process `owner`), so a partial answer can be
-        saved whatever happens, even to that process."""
+        saved whatever happens, even to that process; a new conversation (titled by its first
+        question) in the same statement."""
+        insert_message = (
+            "INSERT INTO messages (id, conversation_id, user_id, stream_id, question, selection,"
+            " chapter_id, status, model, owner)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, 'streaming', $8, $9)"
+        )
+        if new_conversation:
+            statement = (
+                "WITH c AS (INSERT INTO conversations (id, user_id, title) VALUES ($2, $3, $10))"
+                f" {insert_message}"
+            )
+            extra: tuple[str, ...] = (question[:200],)
+        else:
+            statement, extra = insert_message, ()
         async with self._conn() as conn:
             try:
                 await conn.execute(
-                    "INSERT INTO messages (id, conversation_id, user_id, stream_id, question, selection, chapter_id,"
-                    " status, model, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, 'streaming', $8, $9)",
+                    statement,
                     uuid.UUID(message_id), uuid.UUID(conversation_id), user_id, stream_id, question,
-                    json.dumps(selection) if selection else None, chapter_id, model, owner,
+                    json.dumps(selection) if selection else None, chapter_id, model, owner, *extra,
                 )  # fmt: skip
             except asyncpg.ForeignKeyViolationError:  # the reader deleted it meanwhile
                 raise NotFound("no such conversation") from None
 
     async def finish_message(
-        self, message_id: str, sources: list[dict[str, Any]], outcome: MessageOutcome
+        self,
+        message_id: str,
+        sources: list[dict[str, Any]],
+        outcome: MessageOutcome,
+        *,
+        user_id: str,
     ) -> None:
-        """Save how a message ended: its answer (partial if cut short), sources, usage and status."""
+        """Save how a message ended (its answer, partial if cut short, sources, usage and
+        status), touch its conversation and add its completion tokens to the user's day: one
+        statement, one round trip."""
         async with self._conn() as conn:
             await conn.execute(
-                "UPDATE messages SET status = $2, answer = $3, sources = $4, error_code = $5, prompt_tokens = $6,"
-                " completion_tokens = $7, timings = $8, best_similarity = $9, not_covered = $10,"
-                " finished_at = now() WHERE id = $1",
+                "WITH m AS (UPDATE messages SET status = $2, answer = $3, sources = $4, error_code = $5,"
+                " prompt_tokens = $6, completion_tokens = $7, timings = $8, best_similarity = $9,"
+                " not_covered = $10, finished_at = now() WHERE id = $1 RETURNING conversation_id),"
+                " c AS (UPDATE conversations SET updated_at = now()"
+                " WHERE id = (SELECT conversation_id FROM m))"
+                f" {add_usage_sql('$11', '$7')}",
                 uuid.UUID(message_id), outcome.status, outcome.answer, json.dumps(sources), outcome.error_code,
                 outcome.prompt_tokens, outcome.completion_tokens,
                 json.dumps(outcome.timings) if outcome.timings else None,
-                outcome.best_similarity, outcome.not_covered,
+                outcome.best_similarity, outcome.not_covered, user_id,
             )  # fmt: skip
-            await conn.execute(
-                "UPDATE conversations SET updated_at = now() WHERE id ="
-                " (SELECT conversation_id FROM messages WHERE id = $1)",
-                uuid.UUID(message_id),
-            )
 
     async def list_conversations(self, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
         """The user's conversations, newest first."""

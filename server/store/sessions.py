@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from server.store.base import StoreBase
+from server.store.base import StoreBase, add_usage_sql
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -164,13 +164,7 @@ class SessionQueries(StoreBase):
         if completion_tokens <= 0:
             return
         async with self._conn() as conn:
-            await conn.execute(
-                "INSERT INTO usage_daily (user_id, day, completion_tokens)"
-                " VALUES ($1, (now() AT TIME ZONE 'utc')::date, $2) ON CONFLICT (user_id, day)"
-                " DO UPDATE SET completion_tokens = usage_daily.completion_tokens + $2",
-                user_id,
-                completion_tokens,
-            )
+            await conn.execute(add_usage_sql("$1", "$2"), user_id, completion_tokens)
 
     async def prune_rate_windows(self) -> None:
         """Forget minute windows that are over."""
