@@ -96,6 +96,7 @@ async def ramp_target(
     settle_s: float,
     ramp_s: float,
     tps: float,
+    deflate: bool = False,
 ) -> list[Level]:
     """Step the stream count up against one target; measure each level's steady window."""
     stop = asyncio.Event()
@@ -125,6 +126,7 @@ async def ramp_target(
                 grace=15.0,
                 stream_timeout=60.0,
                 seed=i,
+                deflate=deflate,
             )
             runs.append(asyncio.create_task(run_load(config, progress=progress, stop=stop)))
             previous = streams
@@ -299,11 +301,18 @@ async def main(args: argparse.Namespace) -> None:
                     spec, _, settings = name.partition("@")  # full:2@DELTA_TICK_MS=0
                     workers = int(spec.partition(":")[2] or 1)
                     env = dict(kv.split("=", 1) for kv in settings.split("+") if kv)
+                    # the load offers compression to a server that has it on, as browsers do
+                    deflate = env.get("WS_PER_MESSAGE_DEFLATE", "").lower() in ("1", "true")
                     target_cm = chat_server(
                         model_url, cores.target, log_dir, workers=workers, **env
                     )
                 else:
                     target_cm = relay(name, model_url, cores.target, log_dir)
+                    deflate = False
+                deflate = name.startswith("full") and env.get("WS_PER_MESSAGE_DEFLATE") in (
+                    "1",
+                    "true",
+                )
                 async with target_cm as target:
                     measured = await ramp_target(
                         target,
@@ -313,6 +322,7 @@ async def main(args: argparse.Namespace) -> None:
                         settle_s=args.settle,
                         ramp_s=args.ramp,
                         tps=args.tps,
+                        deflate=deflate,
                     )
                 print_levels(name, measured, args.gap_limit, args.tps, cores)
                 results[name] = capacity(measured, args.gap_limit, args.tps)

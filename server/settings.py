@@ -75,6 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idle_timeout_s: PositiveSeconds = DEFAULT_LIMITS.idle_timeout_s
     ws_ping_interval_s: Annotated[float, Meta(ge=1, le=3600)] = 20.0
     ws_ping_timeout_s: Annotated[float, Meta(ge=1, le=3600)] = 20.0
+    ws_per_message_deflate: bool = False  # see README "Performance": CPU per frame vs bytes
     drain_s: Annotated[float, Meta(ge=0, le=3600)] = 20.0
     token_expiry_grace_s: Annotated[float, Meta(ge=0, le=300)] = DEFAULT_LIMITS.token_expiry_grace_s
     slow_client_s: Annotated[float, Meta(ge=1, le=600)] = 10.0

@@ -71,7 +71,7 @@ def make_server(
         "port": port,
         "ws": GuardedWebSocketProtocol,
         "ws_max_size": MAX_FRAME_BYTES,
-        "ws_per_message_deflate": False,
+        "ws_per_message_deflate": s.ws_per_message_deflate,
         "ws_ping_interval": s.ws_ping_interval_s,
         "ws_ping_timeout": s.ws_ping_timeout_s,
         "log_level": s.log_level.lower(),

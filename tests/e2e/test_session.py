@@ -264,3 +264,18 @@ async def test_a_client_that_stops_reading_is_merged_then_closed_1013(
                 await chat.send(type="resume", id="s1", after_seq=mine[-1]["seq"] if mine else 1)
                 rest = await chat.stream("s1", timeout=60)
             assert rest[-1]["type"] == "done"
+
+
+@pytest.mark.parametrize("configured", [False, True])
+async def test_permessage_deflate_is_negotiated_only_when_configured(
+    services: Services, configured: bool
+) -> None:
+    async with (
+        server_with(services, ws_per_message_deflate=configured) as server,
+        connect(server.ws_url, token_for("squeezed"), compression="deflate") as chat,
+    ):
+        names = [e.name for e in chat.ws.protocol.extensions]
+        assert names == (["permessage-deflate"] if configured else [])
+        frames = await chat.ask("z1", "What is a humanoid robot? [[fake:tokens=30]]")
+        assert frames[-1]["type"] == "done" and "".join(deltas(frames))
+        chat.assert_contract()

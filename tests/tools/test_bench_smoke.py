@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +13,7 @@ from server.tools.client import connect, deltas
 from server.tools.fake_llm import FakeLLM, expected_reply
 from tests.conftest import AppServer
 
-RUNNABLE = ("relays", "capacity", "first_delta", "memory", "cancel", "ingest")
+RUNNABLE = ("relays", "capacity", "first_delta", "memory", "cancel", "ingest", "deflate")
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
@@ -35,3 +37,25 @@ async def test_relay_carries_one_full_stream(kind: RelayKind, fake_llm: FakeLLM)
     assert done["finish_reason"] == "stop"
     assert done["usage"]["completion_tokens"] == fake_llm.config.tokens_per_answer
     assert done["timings"]["model_first_chunk_ms"] >= 0
+
+
+def test_the_deflate_benchmark_runs_and_finds_frames_compress() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.deflate",
+            "--tokens",
+            "20",
+            "--answers",
+            "3",
+            "--sockets",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    [on] = [line.split() for line in out.splitlines() if line.startswith("on ")]
+    assert float(on[3].rstrip("x")) < 1.0, out

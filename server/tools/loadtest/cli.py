@@ -59,6 +59,9 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--png", type=Path, default=None, help="write the charts here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--deflate", action="store_true", help="offer permessage-deflate, as browsers do"
+    )
     return parser
 
 
@@ -86,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         grace=args.grace,
         stream_timeout=args.stream_timeout,
         seed=args.seed,
+        deflate=args.deflate,
     )
 
 

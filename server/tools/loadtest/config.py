@@ -81,6 +81,7 @@ class LoadConfig:
     grace: float = 30.0  # how long streams in flight at the end may take to finish
     stream_timeout: float = 120.0
     connect_timeout: float = 10.0
+    deflate: bool = False  # offer permessage-deflate (used when the server has it on)
     seed: int | None = None
 
     def validate(self) -> None:

@@ -163,7 +163,13 @@ class _Run:
         began = time.perf_counter()
         try:
             async with asyncio.timeout(config.connect_timeout):
-                ws = await open_socket(config.url, token, wait_ready=False, open_timeout=None)
+                ws = await open_socket(
+                    config.url,
+                    token,
+                    wait_ready=False,
+                    open_timeout=None,
+                    compression="deflate" if config.deflate else None,
+                )
         except (OSError, TimeoutError, WebSocketException) as exc:
             rec.connect_failed[_connect_failure(exc)] += 1
             return
