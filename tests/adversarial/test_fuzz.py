@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -648,11 +649,20 @@ async def test_a_burst_of_pings_from_a_reading_client_is_answered_in_full(
     assert frames[-1]["type"] == "done"
 
 
-async def test_invalid_utf8_in_a_text_frame_closes_1007(live: LiveServer) -> None:
-    async with connect(live.ws_url, token_for("utf")) as chat:
-        await chat.ws.send(b'{"type":"ping","nonce":"\xff\xfe"}', text=True)
-        assert await chat.until_closed() == ([], 1007)
-        # RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection (the spec is silent)
+async def test_invalid_utf8_in_a_text_frame_closes_1007(
+    live: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not reach the root
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        async with connect(live.ws_url, token_for("utf")) as chat:
+            await chat.ws.send(b'{"type":"ping","nonce":"\xff\xfe"}', text=True)
+            assert await chat.until_closed() == ([], 1007)
+            # RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, "a peer's mistake is not logged as the server's error"
 
 
 async def _answer_and_open(url: str, raw: str) -> tuple[dict[str, Any], dict[str, Any]]:
