@@ -97,6 +97,7 @@ async def ramp_target(
     ramp_s: float,
     tps: float,
     deflate: bool = False,
+    new_questions: bool = False,
 ) -> list[Level]:
     """Step the stream count up against one target; measure each level's steady window."""
     stop = asyncio.Event()
@@ -127,6 +128,7 @@ async def ramp_target(
                 stream_timeout=60.0,
                 seed=i,
                 deflate=deflate,
+                new_questions=new_questions,
             )
             runs.append(asyncio.create_task(run_load(config, progress=progress, stop=stop)))
             previous = streams
@@ -323,6 +325,7 @@ async def main(args: argparse.Namespace) -> None:
                         ramp_s=args.ramp,
                         tps=args.tps,
                         deflate=deflate,
+                        new_questions=args.new_questions,
                     )
                 print_levels(name, measured, args.gap_limit, args.tps, cores)
                 results[name] = capacity(measured, args.gap_limit, args.tps)
@@ -375,5 +378,10 @@ if __name__ == "__main__":
     parser.add_argument("--gap-limit", type=float, default=100.0, help="p99 gap limit, ms")
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--tps", type=float, default=20.0)
+    parser.add_argument(
+        "--new-questions",
+        action="store_true",
+        help="every question new (no cached embedding or passages): the per-answer cost",
+    )
     parser.add_argument("--no-pin", action="store_true", help="let every process use every CPU")
     run(main(parser.parse_args()))

@@ -280,3 +280,25 @@ async def test_violations_seen_over_a_real_socket(rude_server: str) -> None:
         "missing_terminal": 1,
     }
     assert report.connections.dropped == {"close_1000": 1}
+
+
+async def test_new_questions_are_each_unlike_any_before(live: LiveServer) -> None:
+    config = LoadConfig(
+        url=live.ws_url,
+        connections=3,
+        duration=1.5,
+        mix={"ask": 1, "selection": 1},
+        secret=JWT_SECRET,
+        user_prefix="lt-new-",
+        grace=15,
+        seed=5,
+        new_questions=True,
+    )
+    report = await run_load(config)
+    assert report.streams.ok >= 3 and report.streams.failed == {}
+    store = live.services.store
+    asked: list[str] = []
+    for user in (f"lt-new-{n}" for n in range(3)):
+        for conversation in await store.list_conversations(user):
+            asked += [m["question"] for m in await store.list_messages(user, conversation["id"])]
+    assert len(asked) == report.streams.ok and len(set(asked)) == len(asked), asked

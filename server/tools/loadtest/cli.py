@@ -62,6 +62,11 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument(
         "--deflate", action="store_true", help="offer permessage-deflate, as browsers do"
     )
+    parser.add_argument(
+        "--new-questions",
+        action="store_true",
+        help="every question unlike any before (none answered from the server's caches)",
+    )
     return parser
 
 
@@ -90,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         stream_timeout=args.stream_timeout,
         seed=args.seed,
         deflate=args.deflate,
+        new_questions=args.new_questions,
     )
 
 

@@ -82,6 +82,9 @@ class LoadConfig:
     stream_timeout: float = 120.0
     connect_timeout: float = 10.0
     deflate: bool = False  # offer permessage-deflate (used when the server has it on)
+    # Every question unlike any before it (numbered), so none is answered from the server's
+    # caches of embeddings and passages: the cost of a reader's first question.
+    new_questions: bool = False
     seed: int | None = None
 
     def validate(self) -> None:

@@ -9,7 +9,7 @@ import dataclasses
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 from websockets.asyncio.client import ClientConnection
@@ -129,17 +129,25 @@ class _Run:
         self.rng = random.Random(config.seed)
         self.kinds = [i for i, kind in enumerate(KINDS) if config.mix.get(kind, 0) > 0]
         self.weights = [config.mix[KINDS[i]] for i in self.kinds]
+        self.asked = 0
+
+    def _question(self, questions: Sequence[str]) -> str:
+        question = self.rng.choice(questions)
+        if not self.config.new_questions:
+            return question
+        self.asked += 1
+        return f"{question} (reader {self.config.user_prefix}{self.config.seed}-{self.asked})"
 
     def request(self, stream_id: str) -> tuple[int, bytes]:
         """The next request: its kind and encoded frame."""
         kind = self.rng.choices(self.kinds, self.weights)[0]
         rng, config = self.rng, self.config
         if kind == 0:
-            frame: Ask | Chapter = Ask(id=stream_id, question=rng.choice(QUESTIONS))
+            frame: Ask | Chapter = Ask(id=stream_id, question=self._question(QUESTIONS))
         elif kind == 1:
             frame = Ask(
                 id=stream_id,
-                question=rng.choice(SELECTION_QUESTIONS),
+                question=self._question(SELECTION_QUESTIONS),
                 selection=Selection(text=rng.choice(SELECTIONS)),
             )
         else:
