@@ -13,7 +13,7 @@ from server.tools.client import connect, deltas
 from server.tools.fake_llm import FakeLLM, expected_reply
 from tests.conftest import AppServer
 
-RUNNABLE = ("relays", "capacity", "first_delta", "memory", "cancel", "ingest", "deflate")
+RUNNABLE = ("relays", "capacity", "first_delta", "memory", "cancel", "ingest", "deflate", "profile")
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
@@ -59,3 +59,18 @@ def test_the_deflate_benchmark_runs_and_finds_frames_compress() -> None:
     ).stdout
     [on] = [line.split() for line in out.splitlines() if line.startswith("on ")]
     assert float(on[3].rstrip("x")) < 1.0, out
+
+
+def test_profile_charges_each_sample_to_the_first_part_from_the_running_frame() -> None:
+    from bench.profile import charge
+
+    raw = (
+        "main (server/cli.py:1);run (uvloop/__init__.py:92);Runner.run (asyncio/runners.py:118) 7\n"
+        "main (server/cli.py:1);Outbox.push (server/chat/outbox.py:9);"
+        "send_text_now (server/web/protocols.py:133);send_text (websockets/protocol.py:3) 2\n"
+        "main (server/cli.py:1);Stream.emit (server/chat/stream.py:99) 1\n"
+    )
+    parts = charge(raw)
+    assert parts["socket writes: websockets, uvicorn"] == 2
+    assert parts["stream, outbox, connection"] == 1
+    assert sum(parts.values()) == 10
