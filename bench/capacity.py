@@ -2,16 +2,19 @@
 deltas <= 100 ms — the full server against two minimal relays, on the same fake model, in one run.
 
 Run: .venv/bin/python -m bench.capacity [--levels 50,100,150,200,300,400,600,800,1000]
-         [--targets full,sdk,raw] [--step 6] [--gap-limit 100] [--tokens 100] [--tps 20] [--no-pin]
+         [--targets full,sdk,raw] [--step 6] [--gap-limit 100] [--tokens 100] [--tps 20]
+         [--new-questions] [--no-pin]
      .venv/bin/python -m bench.capacity --targets full,full:2 --no-pin   # serve --workers 2
+     .venv/bin/python -m bench.capacity --tps 100 --targets full,full@DELTA_TICK_MS=0,raw
 
 Load comes from `server.tools.loadtest.engine.run_load` (ask 80% / selection 20%, each socket asking again as
 soon as its stream ends). The stream count steps up without a pause: each level adds sockets in a
 new run_load, every run ends together, so a target never drains between levels. Gaps are taken
 only from each level's steady window (from `settle` s after the step began to its end). A target
 stops stepping once it delivers under 75% of the deltas its level should get. The load tester asks
-16 fixed questions (and 32 selection pairs), so the server's query-embedding cache hits after the
-first few streams: this measures streaming, not embedding (bench.first_delta measures that).
+16 fixed questions (and 32 selection pairs), so the server's caches of embeddings and passages
+hit after the first few streams: this measures streaming. With --new-questions every question is
+new (none cached): the cost of answers, embedding and retrieval included.
 Prints a table per target and the capacity ratios full/sdk and full/raw.
 """
 
