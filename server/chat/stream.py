@@ -56,9 +56,8 @@ class FrameLog:
     def __init__(self, stream_id: str) -> None:
         self._stream_id = stream_id
         self._texts = bytearray()  # the deltas' texts, UTF-8, back to back
-        self._ends = array(
-            "I"
-        )  # per frame, where its text ends in _texts (a log is far below 4 GiB)
+        # per frame, where its text ends in _texts (a stream's log is far below 4 GiB)
+        self._ends = array("I")
         self._others: dict[int, StreamFrame] = {}  # frames that are not deltas, by index
 
     def __len__(self) -> int:
