@@ -213,7 +213,10 @@ async def _evaluate(
     from server.tools.evaluation import CachedEmbedder, evaluate, load_items, misses, report
 
     items = await asyncio.to_thread(load_items, eval_set)
-    embedder = CachedEmbedder(LocalEmbedder(), settings.data_dir / "eval-embeddings.npz")
+    local = LocalEmbedder(
+        runtime=settings.embedding_runtime, cache_dir=settings.data_dir / "models"
+    )
+    embedder = CachedEmbedder(local, settings.data_dir / "eval-embeddings.npz")
     try:
         outcomes = await evaluate(items, corpora, embedder, k=k)
     finally:

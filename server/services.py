@@ -265,6 +265,8 @@ def embedder_for(settings: Settings, client: openai.AsyncOpenAI | None) -> Embed
         openai_client=client,
         openai_model=settings.embedding_model,
         openai_dim=settings.embedding_dimensions,
+        runtime=settings.embedding_runtime,
+        cache_dir=settings.data_dir / "models",
     )
 
 

@@ -52,6 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     embedding_provider: Literal["local", "openai"] = "local"
     embedding_model: str | None = None
     embedding_dimensions: Annotated[int, Meta(ge=1, le=65_536)] | None = None
+    embedding_runtime: Literal["onnx-int8", "onnx", "numpy"] = "onnx-int8"
     jwt_secret: str | None = None
     jwks_url: str | None = None
     jwt_issuer: str | None = None
@@ -151,7 +152,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 _LISTS = frozenset({"jwt_algorithms", "allowed_origins", "trusted_proxies"})
 _UPPER = frozenset({"log_level"})
-_LOWER = frozenset({"embedding_provider"})
+_LOWER = frozenset({"embedding_provider", "embedding_runtime"})
 
 
 def env_name(field: str) -> str:

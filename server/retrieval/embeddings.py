@@ -1,4 +1,4 @@
-"""Text embedders behind one protocol: all-MiniLM-L6-v2 in pure numpy, or an OpenAI-style API."""
+"""Text embedders behind one protocol: local all-MiniLM-L6-v2 (ONNX Runtime or numpy), or an OpenAI-style API."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import openai
 from openai import AsyncOpenAI
 
 from server.errors import ConfigError, RetrievalUnavailable, UpstreamUnavailable
+from server.retrieval.local_encoders import Runtime, SentenceEncoder, all_cores, load_encoder
 from server.retrieval.minilm import MiniLMEncoder
 
 __all__ = [
@@ -63,7 +64,7 @@ class LocalEmbedderStats:
 
 
 def _encode_to_lists(
-    encoder: MiniLMEncoder, texts: list[str], batch_size: int
+    encoder: SentenceEncoder, texts: list[str], batch_size: int
 ) -> list[list[float]]:
     # tolist() of a large matrix is slow enough that it belongs in the worker thread too.
     result: list[list[float]] = encoder.encode(texts, batch_size).tolist()
@@ -71,21 +72,34 @@ def _encode_to_lists(
 
 
 class LocalEmbedder(Embedder):
-    """MiniLM in worker threads, with an LRU query cache and micro-batched concurrent queries."""
+    """MiniLM in worker threads, with an LRU query cache and micro-batched concurrent queries.
 
-    model_name = LOCAL_MODEL_NAME
+    Queries run on one thread (a serving process's event loop owns the other core); documents,
+    embedded only by ingest, on `document_threads` (default: every core).
+    """
+
     dim = 384
 
     def __init__(
         self,
         model_dir: Path | None = None,
         *,
-        encoder: MiniLMEncoder | None = None,
+        runtime: Runtime = "onnx-int8",
+        cache_dir: Path | None = None,
+        encoder: SentenceEncoder | None = None,
+        document_threads: int | None = None,
         cache_size: int = 2048,
         max_query_batch: int = 32,
         document_batch_size: int = 32,
     ) -> None:
         self._model_dir = model_dir
+        self._runtime: Runtime = runtime
+        self._cache_dir = cache_dir
+        self._document_threads = document_threads if document_threads is not None else all_cores()
+        # Documents are always the fp32 model (numpy or ONNX: the same vectors), so an index
+        # built by either is valid with both; int8 is for queries only.
+        self.model_name = LOCAL_MODEL_NAME
+        self._document_encoder = encoder
         self._cache_size = cache_size
         self._max_query_batch = max_query_batch
         self._document_batch_size = document_batch_size
@@ -99,20 +113,45 @@ class LocalEmbedder(Embedder):
         self._closed = False
         self.stats = LocalEmbedderStats()
 
-    async def warm(self) -> MiniLMEncoder:
-        """Load the model (once, in a thread) and return it."""
+    async def warm(self) -> SentenceEncoder:
+        """Load the query model (once, in a thread) and return it."""
         if self._encoder is None:
             async with self._load_lock:
                 if self._encoder is None:
-                    self._encoder = await asyncio.to_thread(MiniLMEncoder, self._model_dir)
+                    self._encoder = await asyncio.to_thread(self._load, "queries", 1)
         return self._encoder
+
+    async def _documents(self) -> SentenceEncoder:
+        """The document model: the query one when it already runs on every thread it may."""
+        if self._document_encoder is None:
+            queries = await self.warm()
+            async with self._load_lock:
+                if self._document_encoder is None:
+                    same = self._document_threads == 1 and self._runtime != "onnx-int8"
+                    self._document_encoder = (
+                        queries
+                        if same or isinstance(queries, MiniLMEncoder)
+                        else await asyncio.to_thread(
+                            self._load, "documents", self._document_threads
+                        )
+                    )
+        return self._document_encoder
+
+    def _load(self, purpose: Literal["queries", "documents"], threads: int) -> SentenceEncoder:
+        return load_encoder(
+            self._runtime,
+            purpose=purpose,
+            model_dir=self._model_dir,
+            cache_dir=self._cache_dir,
+            threads=threads,
+        )
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """Embed many texts in batches, off the event loop."""
         self._check_open()
         if not texts:
             return []
-        encoder = await self.warm()
+        encoder = await self._documents()
         vectors = await asyncio.to_thread(
             _encode_to_lists, encoder, list(texts), self._document_batch_size
         )
@@ -260,10 +299,12 @@ def make_embedder(
     openai_client: AsyncOpenAI | None,
     openai_model: str | None,
     openai_dim: int | None = None,
+    runtime: Runtime = "onnx-int8",
+    cache_dir: Path | None = None,
 ) -> Embedder:
-    """Build the embedder for provider "local" or "openai"."""
+    """Build the embedder for provider "local" (on `runtime`, graphs under `cache_dir`) or "openai"."""
     if provider == "local":
-        return LocalEmbedder()
+        return LocalEmbedder(runtime=runtime, cache_dir=cache_dir)
     if provider != "openai":
         raise ConfigError(f"embedding provider must be 'local' or 'openai', not {provider!r}")
     if openai_client is None:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -129,8 +130,8 @@ async def test_local_embedder_documents_and_query_agree(encoder: MiniLMEncoder) 
         await embedder.aclose()
 
 
-async def test_local_embedder_loads_model_lazily() -> None:
-    embedder = LocalEmbedder()
+async def test_local_embedder_loads_model_lazily(tmp_path: Path) -> None:
+    embedder = LocalEmbedder(runtime="onnx", cache_dir=tmp_path)
     try:
         vector = await embedder.embed_query(REFERENCE_SENTENCE)
         np.testing.assert_allclose(vector[: len(REFERENCE_PREFIX)], REFERENCE_PREFIX, atol=2e-6)
