@@ -1,5 +1,6 @@
 """Benchmark: ingest throughput on the two real books, and query-embedding throughput under
-concurrency, with the local embedder (MiniLM in numpy), on one CPU like a pinned server.
+concurrency, with the local embedder (default runtime), on one CPU like a pinned server.
+Runtimes compared with each other and ingest on every core: bench/embeddings.py.
 
 Run: .venv/bin/python -m bench.ingest [--books book-a,book-b] [--docs 4] [--concurrency 1,8,32,128]
          [--seconds 6] [--baseline-points 128] [--no-pin]
@@ -112,8 +113,8 @@ async def main(args: argparse.Namespace) -> None:
     if not args.no_pin:
         pin_self(frozenset({min(os.sched_getaffinity(0))}))
     cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-    print(f"local embedder (MiniLM, numpy, OPENBLAS_NUM_THREADS=1) on CPU {cpus}; {machine_line()}")
     embedder = LocalEmbedder(cache_size=16)
+    print(f"local embedder ({embedder.runtime}) on CPU {cpus}; {machine_line()}")
     tmp = tempfile.mkdtemp(prefix="bench-books-")
     try:
         await embedder.warm()

@@ -25,6 +25,7 @@ def test_nothing_configured_gives_the_documented_defaults(tmp_path: Path) -> Non
     assert s.auth_timeout_s == DEFAULT_LIMITS.auth_timeout_s == 10.0
     assert (s.resume_grace_s, s.resume_retention_s, s.drain_s) == (30.0, 300.0, 20.0)
     assert s.embedding_provider == "local" and s.log_level == "INFO"
+    assert s.embedding_runtime == "onnx-int8"
     assert s.accepted_algorithms == ("HS256",)
     assert not s.model_configured and not s.auth_configured
 
@@ -42,6 +43,7 @@ def test_values_are_converted_and_normalised(tmp_path: Path) -> None:
         RESUME_GRACE_SECONDS="2.5",
         LOG_LEVEL="debug",
         EMBEDDING_PROVIDER="OpenAI",
+        EMBEDDING_RUNTIME="NumPy",
         OPENAI_API_KEY="k",
         ALLOWED_ORIGINS="https://a.example.com/, http://localhost:3000",
         JWT_SECRET=SECRET,
@@ -49,6 +51,7 @@ def test_values_are_converted_and_normalised(tmp_path: Path) -> None:
     )
     assert s.max_streams_per_connection == 4 and s.resume_grace_s == 2.5
     assert s.log_level == "DEBUG" and s.embedding_provider == "openai"
+    assert s.embedding_runtime == "numpy"
     assert s.allowed_origins == ("https://a.example.com", "http://localhost:3000")
     assert s.accepted_algorithms == ("HS256", "EdDSA", "ES256", "RS256")
 
@@ -62,6 +65,7 @@ def test_values_are_converted_and_normalised(tmp_path: Path) -> None:
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
         ({"EMBEDDING_PROVIDER": "magic"}, "EMBEDDING_PROVIDER"),
         ({"EMBEDDING_PROVIDER": "openai"}, "EMBEDDING_PROVIDER"),
+        ({"EMBEDDING_RUNTIME": "gpu"}, "EMBEDDING_RUNTIME"),
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
         ({"JWKS_URL": "http://auth.example.com/jwks"}, "JWKS_URL"),
         ({"JWT_SECRET": "short"}, "JWT_SECRET"),

@@ -93,7 +93,7 @@ class LocalEmbedder(Embedder):
         document_batch_size: int = 32,
     ) -> None:
         self._model_dir = model_dir
-        self._runtime: Runtime = runtime
+        self.runtime: Runtime = runtime
         self._cache_dir = cache_dir
         self._document_threads = document_threads if document_threads is not None else all_cores()
         # Documents are always the fp32 model (numpy or ONNX: the same vectors), so an index
@@ -127,7 +127,7 @@ class LocalEmbedder(Embedder):
             queries = await self.warm()
             async with self._load_lock:
                 if self._document_encoder is None:
-                    same = self._document_threads == 1 and self._runtime != "onnx-int8"
+                    same = self._document_threads == 1 and self.runtime != "onnx-int8"
                     self._document_encoder = (
                         queries
                         if same or isinstance(queries, MiniLMEncoder)
@@ -139,7 +139,7 @@ class LocalEmbedder(Embedder):
 
     def _load(self, purpose: Literal["queries", "documents"], threads: int) -> SentenceEncoder:
         return load_encoder(
-            self._runtime,
+            self.runtime,
             purpose=purpose,
             model_dir=self._model_dir,
             cache_dir=self._cache_dir,
