@@ -112,6 +112,7 @@ async def query_section(args: argparse.Namespace, cache_dir: Path) -> None:
         for embedder in embedders.values():
             await embedder.warm()
             await embedder.embed_query("warm-up question")
+        meter = OthersMeter()
         lat = await latencies(embedders, args.queries // args.rounds, args.rounds)
         base = statistics.median(lat["numpy"])
         rows = [
@@ -124,10 +125,13 @@ async def query_section(args: argparse.Namespace, cache_dir: Path) -> None:
             ]
             for r, v in lat.items()
         ]
-        print(f"\nquery latency at batch 1 (embed_query, new texts), CPU {cpu} only")
+        print(
+            f"\nquery latency at batch 1 (embed_query, new texts), CPU {cpu} only; {others(meter)}"
+        )
         print(table(["runtime", "n", "p50 ms", "p99 ms", "speed vs numpy"], rows))
 
         rows = []
+        meter = OthersMeter()
         offset = 1_000_000
         levels = [int(c) for c in args.concurrency.split(",")]
         for callers in levels:
@@ -137,7 +141,9 @@ async def query_section(args: argparse.Namespace, cache_dir: Path) -> None:
                 rates[r] = await throughput(embedder, callers, args.seconds, offset)
             for r, rate in rates.items():
                 rows.append([callers, r, fmt(rate), f"{rate / rates['numpy']:.2f}x"])
-        print(f"\nqueries/s, micro-batched, {args.seconds:g} s per cell, CPU {cpu} only")
+        print(
+            f"\nqueries/s, micro-batched, {args.seconds:g} s per cell, CPU {cpu} only; {others(meter)}"
+        )
         print(table(["callers", "runtime", "queries/s", "vs numpy"], rows))
     finally:
         for embedder in embedders.values():
@@ -163,6 +169,10 @@ class OthersMeter:
 
     def others(self) -> float:
         return max(0.0, (self._busy() - self._busy0) - (self._own() - self._own0))
+
+
+def others(meter: OthersMeter) -> str:
+    return f"other processes used {meter.others():.1f} CPU-s meanwhile"
 
 
 BASELINE_SCRIPT = """
