@@ -15,10 +15,13 @@ import logging
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.errors import ConfigError, RetrievalUnavailable
 from server.settings import Settings, is_loopback_host
+
+if TYPE_CHECKING:
+    from server.tools.evaluation import CachedEmbedder
 
 log = logging.getLogger("textbook_chat")
 
@@ -209,14 +212,10 @@ async def _ingest(settings: Settings, path: Path, base_url: str, recreate: bool)
 async def _evaluate(
     settings: Settings, eval_set: Path, corpora: Path, k: int, show_misses: bool
 ) -> int:
-    from server.retrieval.embeddings import LocalEmbedder
-    from server.tools.evaluation import CachedEmbedder, evaluate, load_items, misses, report
+    from server.tools.evaluation import evaluate, load_items, misses, report
 
     items = await asyncio.to_thread(load_items, eval_set)
-    local = LocalEmbedder(
-        runtime=settings.embedding_runtime, cache_dir=settings.data_dir / "models"
-    )
-    embedder = CachedEmbedder(local, settings.data_dir / "eval-embeddings.npz")
+    embedder = _eval_embedder(settings)
     try:
         outcomes = await evaluate(items, corpora, embedder, k=k)
     finally:
@@ -227,11 +226,21 @@ async def _evaluate(
     return 0
 
 
+def _eval_embedder(settings: Settings) -> CachedEmbedder:
+    """The local embedder on EMBEDDING_RUNTIME, as a server would query, its documents cached."""
+    from server.retrieval.embeddings import LocalEmbedder
+    from server.tools.evaluation import CachedEmbedder
+
+    local = LocalEmbedder(
+        runtime=settings.embedding_runtime, cache_dir=settings.data_dir / "models"
+    )
+    return CachedEmbedder(local, settings.data_dir / "eval-embeddings.npz")
+
+
 async def _calibrate(
     settings: Settings, eval_set: Path, off_book: Path, corpora: Path, k: int
 ) -> int:
-    from server.retrieval.embeddings import LocalEmbedder
-    from server.tools.evaluation import CachedEmbedder, load_items
+    from server.tools.evaluation import load_items
     from server.tools.gap_calibration import (
         choose_threshold,
         load_off_book,
@@ -242,7 +251,7 @@ async def _calibrate(
 
     inside = await asyncio.to_thread(load_items, eval_set)
     outside = await asyncio.to_thread(load_off_book, off_book)
-    embedder = CachedEmbedder(LocalEmbedder(), settings.data_dir / "eval-embeddings.npz")
+    embedder = _eval_embedder(settings)
     try:
         measured = await measure(inside, outside, corpora, embedder, k=k)
     finally:

@@ -55,6 +55,11 @@ async def serve_copy(
     """`serve [args]` on a copy of an indexed shard (no ingest), with the tests' secret and a
     model key; yields its port and process."""
     await asyncio.to_thread(shutil.copytree, index, data_dir / "qdrant")
+    models = index.parent / "models"
+    if models.is_dir():
+        # The ONNX graphs the index's server built: a fresh DATA_DIR builds its own (~4 s of CPU
+        # at the first question, in every process started).
+        (data_dir / "models").symlink_to(models, target_is_directory=True)
     port = free_port()
     full_env = {
         **os.environ,

@@ -1,9 +1,10 @@
 """`serve --workers N`: N server processes accepting on one socket, prepared once by a parent.
 
-The parent starts what must exist once (the embedded PostgreSQL, migrations, the first ingest),
-binds the port, and spawns the workers; each worker builds its own services. The embedded Qdrant
-engine cannot be opened by two processes, so each worker serves from a private copy of the index
-(read-only in practice: ingest with the server stopped, or use a Qdrant server via QDRANT_URL).
+The parent starts what must exist once (the embedded PostgreSQL, migrations, the first ingest, the
+local embedding graphs), binds the port, and spawns the workers; each worker builds its own
+services. The embedded Qdrant engine cannot be opened by two processes, so each worker serves from
+a private copy of the index (read-only in practice: ingest with the server stopped, or use a
+Qdrant server via QDRANT_URL).
 SIGTERM or SIGINT to the parent is passed on: every worker drains (see serve.DrainingServer).
 """
 
@@ -69,11 +70,18 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int, *, loo
 
 
 async def _prepare(settings: Settings, loopback: bool) -> None:
-    """Migrate, and ingest the book if the index is empty, once for all workers."""
+    """Migrate, ingest the book if the index is empty, and build the local embedding graphs,
+    once for all workers."""
+    from server.retrieval.embeddings import LocalEmbedder
     from server.services import Services
 
     services = await Services.start(settings, loopback=loopback)
-    await services.close()
+    try:
+        if isinstance(services.embedder, LocalEmbedder):
+            # Otherwise every worker builds the same ONNX graphs at its first question.
+            await services.embedder.warm()
+    finally:
+        await services.close()
 
 
 def _worker(host: str, port: int, sock: socket.socket, loopback: bool, index: int) -> None:

@@ -219,7 +219,8 @@ async def book_server(
         store = await Store.connect(dsn)
         await store.migrate()
         vectors = EdgeVectorStore(data_dir / "qdrant")
-        embedder = CachedEmbedder(LocalEmbedder(), embedding_cache)
+        # Graphs built where the server below looks for them (its DATA_DIR), not in ~/.local.
+        embedder = CachedEmbedder(LocalEmbedder(cache_dir=data_dir / "models"), embedding_cache)
         try:
             await vectors.open(dim=embedder.dim, embedding_model=embedder.model_name)
             await ingest_book(

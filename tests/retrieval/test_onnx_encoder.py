@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,8 @@ from server.retrieval.minilm import MiniLMEncoder, default_model_dir
 from server.retrieval.onnx_encoder import OnnxEncoder
 from server.retrieval.onnx_graph import GRAPH_VERSION, cached_model, weights_digest
 from server.settings import SAMPLE_BOOK_DIR
-from tests.conftest import CORPORA, ROOT
+from server.web.workers import _prepare
+from tests.conftest import CORPORA, ROOT, fresh_database, make_settings
 
 F32 = npt.NDArray[np.float32]
 
@@ -187,3 +189,14 @@ def test_without_onnxruntime_the_numpy_model_is_used(tmp_path: Path) -> None:
     assert done.stdout.strip() == "MiniLMEncoder (1, 384)"
     assert "onnxruntime unavailable" in done.stderr
     assert not list(tmp_path.iterdir())  # nothing was built
+
+
+async def test_the_workers_parent_builds_the_graphs(tmp_path: Path, admin_dsn: str) -> None:
+    """`serve --workers N`: built once before the workers start, not by each at its first question."""
+    async with fresh_database(admin_dsn) as dsn:
+        settings = make_settings(tmp_path, dsn)
+        await _prepare(settings, loopback=True)  # the first start ingests, which builds them too
+        shutil.rmtree(tmp_path / "models")  # as after a GRAPH_VERSION bump; the index stays
+        await _prepare(settings, loopback=True)
+    built = {path.stem.rsplit("-", 1)[-1] for path in (tmp_path / "models").glob("*.onnx")}
+    assert built == ({"fp32", "int8"} if int8_is_safe_here() else {"fp32"})
