@@ -72,11 +72,7 @@ def _encode_to_lists(
 
 
 class LocalEmbedder(Embedder):
-    """MiniLM in worker threads, with an LRU query cache and micro-batched concurrent queries.
-
-    Queries run on one thread (a serving process's event loop owns the other core); documents,
-    embedded only by ingest, on `document_threads` (default: every core).
-    """
+    """MiniLM in worker threads, with an LRU query cache and micro-batched concurrent queries."""
 
     dim = 384
 
@@ -95,6 +91,8 @@ class LocalEmbedder(Embedder):
         self._model_dir = model_dir
         self.runtime: Runtime = runtime
         self._cache_dir = cache_dir
+        # Queries run on one thread (a serving process's event loop owns the other core);
+        # documents, embedded only by ingest, on every core unless told otherwise.
         self._document_threads = document_threads if document_threads is not None else all_cores()
         # Documents are always the fp32 model (numpy or ONNX: the same vectors), so an index
         # built by either is valid with both; int8 is for queries only.

@@ -44,7 +44,7 @@ def int8_is_safe_here() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
         return True  # ARM's int8 dot products do not saturate
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text()  # one flag: not worth a cpuinfo dependency
     except OSError:
         return False
     # Without VNNI, u8 x s8 products go through vpmaddubsw, whose int16 sums can saturate

