@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,7 +104,8 @@ class LocalEmbedder(Embedder):
         self._document_batch_size = document_batch_size
         self._encoder = encoder  # an already loaded model may be shared between embedders
         self._load_lock = asyncio.Lock()
-        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        # float32, as the model made them: 1.5 KiB a query where a list of floats took 12
+        self._cache: OrderedDict[str, array[float]] = OrderedDict()
         # Queries waiting for or inside a forward pass; identical texts share one future.
         self._in_flight: dict[str, asyncio.Future[list[float]]] = {}
         self._queued: list[str] = []
@@ -163,7 +165,7 @@ class LocalEmbedder(Embedder):
         if cached is not None:
             self._cache.move_to_end(text)
             self.stats.cache_hits += 1
-            return list(cached)
+            return cached.tolist()
         self.stats.cache_misses += 1
         future = self._in_flight.get(text)
         if future is None:
@@ -223,7 +225,7 @@ class LocalEmbedder(Embedder):
         self._in_flight.clear()
 
     def _remember(self, text: str, vector: list[float]) -> None:
-        self._cache[text] = vector
+        self._cache[text] = array("f", vector)
         self._cache.move_to_end(text)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
