@@ -293,6 +293,9 @@ async def test_new_questions_are_each_unlike_any_before(live: LiveServer) -> Non
         grace=15,
         seed=5,
         new_questions=True,
+        # At least 0.1 s between a user's questions: at most 15 in 1.5 s, under the per-user
+        # limit (30 a minute) however fast the server answers (unpaced, hundreds were refused).
+        think=0.2,
     )
     report = await run_load(config)
     assert report.streams.ok >= 3 and report.streams.failed == {}

@@ -214,7 +214,9 @@ class _Run:
                     return
                 previous = (stream_id, tracker)
                 think = self.config.think
-                if think > 0 and time.perf_counter() + think < self.end_at:
+                if think > 0:
+                    if time.perf_counter() + think >= self.end_at:
+                        break  # a paced reader asks nothing more before the end, never in a burst
                     await asyncio.sleep(think * self.rng.uniform(0.5, 1.5))
         except ConnectionClosed as exc:
             rec.dropped[f"close_{exc.rcvd.code if exc.rcvd else 1006}"] += 1
