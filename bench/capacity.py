@@ -213,16 +213,10 @@ def capacity(levels: list[Level], gap_limit_ms: float) -> int | None:
 
 
 def streams_per_core(levels: list[Level], tps: float) -> float | None:
-    """Streams one core could carry at the CPU cost per delta measured below saturation (the
-    median over levels under 85% target CPU): a figure other processes on the machine barely move."""
-    costs = [
-        lv.cpu_us_per_delta
-        for lv in levels
-        if lv.cpu_us_per_delta is not None and lv.cpu.get("target", 1.0) < 0.85
-    ]
-    if not costs:
-        return None
-    return 1e6 / (statistics.median(costs) * tps)
+    """Streams one core could carry at the CPU cost per token measured below saturation: a
+    figure other processes on the machine barely move."""
+    cost = cost_per_token(levels, tps)
+    return 1e6 / (cost * tps) if cost else None
 
 
 def cost_per_token(levels: list[Level], tps: float) -> float | None:
