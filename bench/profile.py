@@ -57,12 +57,16 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 _FRAME = re.compile(r"\((?P<file>[^():]+)(?::\d+)?\)$")
 
 
+# A thread pool's idle worker waiting for work (py-spy sees it as running)
+_IDLE = ("_worker (concurrent/futures/thread.py:81)", "_worker (concurrent/futures/thread.py:83)")
+
+
 def charge(raw: str) -> collections.Counter[str]:
     """Samples per part from py-spy's raw (collapsed) output: `frame;frame;... count`."""
     parts: collections.Counter[str] = collections.Counter()
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+        if not stack or not count.isdigit() or stack.endswith(_IDLE):
             continue
         part = "other"
         for frame in reversed(stack.split(";")):  # from the running frame up
