@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,16 +160,7 @@ class MiniLMEncoder:
         if not texts:
             return vectors
         token_ids = [e.ids for e in self._tokenizer.encode_batch(list(texts))]
-        # Batching similar lengths together keeps padding (wasted quadratic attention) small.
-        order = np.argsort([len(ids) for ids in token_ids], kind="stable")
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            longest = max(len(token_ids[r]) for r in rows)
-            ids = np.zeros((len(rows), longest), dtype=np.int64)
-            mask = np.zeros((len(rows), longest), dtype=bool)
-            for slot, r in enumerate(rows):
-                ids[slot, : len(token_ids[r])] = token_ids[r]
-                mask[slot, : len(token_ids[r])] = True
+        for rows, ids, mask in padded_batches(token_ids, batch_size):
             vectors[rows] = self._forward(ids, mask)
         return vectors
 
@@ -207,3 +198,20 @@ class MiniLMEncoder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         unit: F32 = (pooled / np.maximum(norms, np.float32(1e-12))).astype(np.float32, copy=False)
         return unit
+
+
+def padded_batches(
+    token_ids: Sequence[Sequence[int]], batch_size: int
+) -> Iterator[tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.bool_]]]:
+    """Texts' token ids in batches of similar lengths, so padding (wasted quadratic attention)
+    stays small: each batch's indices into `token_ids`, its padded ids and its mask."""
+    order = np.argsort([len(ids) for ids in token_ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        longest = max(len(token_ids[r]) for r in rows)
+        ids = np.zeros((len(rows), longest), dtype=np.int64)
+        mask = np.zeros((len(rows), longest), dtype=bool)
+        for slot, r in enumerate(rows):
+            ids[slot, : len(token_ids[r])] = token_ids[r]
+            mask[slot, : len(token_ids[r])] = True
+        yield rows, ids, mask

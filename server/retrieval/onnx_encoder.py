@@ -11,7 +11,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from server.retrieval.minilm import default_model_dir
+from server.retrieval.minilm import default_model_dir, padded_batches
 from server.retrieval.onnx_graph import Precision, cached_model
 
 F32 = npt.NDArray[np.float32]
@@ -66,17 +66,8 @@ class OnnxEncoder:
             vectors[:] = self._run(ids, np.ones_like(ids))
             return vectors
         token_ids = [e.ids for e in self._tokenizer.encode_batch(list(texts))]
-        # Batching similar lengths together keeps padding (wasted quadratic attention) small.
-        order = np.argsort([len(ids) for ids in token_ids], kind="stable")
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            longest = max(len(token_ids[r]) for r in rows)
-            ids = np.zeros((len(rows), longest), dtype=np.int64)
-            mask = np.zeros((len(rows), longest), dtype=np.int64)
-            for slot, r in enumerate(rows):
-                ids[slot, : len(token_ids[r])] = token_ids[r]
-                mask[slot, : len(token_ids[r])] = 1
-            vectors[rows] = self._run(ids, mask)
+        for rows, ids, mask in padded_batches(token_ids, batch_size):
+            vectors[rows] = self._run(ids, mask.astype(np.int64))
         return vectors
 
     def _run(self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]) -> F32:
