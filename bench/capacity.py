@@ -345,7 +345,7 @@ async def main(args: argparse.Namespace) -> None:
                 results[name] = capacity(measured, args.gap_limit)
                 levels_of[name] = measured
                 per_core[name] = streams_per_core(measured, args.tps)
-    print("\ncapacity: most streams with gap p99 within the limit; streams/core from CPU per delta")
+    print("\ncapacity: most streams with gap p99 within the limit; streams/core from CPU per token")
     rows = []
     for name, found in results.items():
         rows.append(
