@@ -157,8 +157,8 @@ class AppServer:
 class LiveServer(AppServer):
     """The chat app on given services."""
 
-    def __init__(self, services: Services) -> None:
-        port = free_port()
+    def __init__(self, services: Services, port: int | None = None) -> None:
+        port = port or free_port()
         app = create_app(services.settings, services=services)
         super().__init__(app, make_server(app, services, "127.0.0.1", port, log_level="warning"))
         self.port = port

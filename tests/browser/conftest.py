@@ -1,11 +1,23 @@
-"""The Docusaurus site's builds, shared by the tests that need one, and their times after the run."""
+"""The browser, and the Docusaurus site's builds shared by the tests that need one (their times
+after the run)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
 
+from tests.browser.chromium import launched
 from tests.browser.docusaurus_site import BUILDS, SiteBuilds, require_site
 from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
+    """Debian's Chromium, headless, one per test module."""
+    async with launched() as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -27,8 +27,6 @@ import pytest
 from server.services import Services
 from server.settings import Settings
 from server.tools.fake_llm import FakeLLM, expected_reply
-from server.web.app import create_app
-from server.web.serve import make_server
 from tests.browser.docusaurus_site import (
     BASE_URL,
     DOCS_URL,
@@ -36,10 +34,11 @@ from tests.browser.docusaurus_site import (
     book_app,
     sign_up,
 )
-from tests.browser.test_widget import CHROMIUM, CHROMIUM_ARGS, Tab, squash
+from tests.browser.test_widget import Tab, squash
 from tests.conftest import (
     CORPORA,
     AppServer,
+    LiveServer,
     fresh_database,
     model_config,
 )
@@ -53,20 +52,6 @@ PAGE_ID = "vision-language-action"
 PAGE = f"{DOCS_URL}/vision-language-action"
 URDU_TITLE = "کتاب سے پوچھیں"  # the plugin's `title` for the ur locale (docusaurus.config.js)
 HAS_DOC_ID = "(id) => document.documentElement.classList.contains('docs-doc-id-' + id)"
-
-
-class ChatServer(AppServer):
-    """The chat app on its own services, on a port chosen before the site was built."""
-
-    def __init__(self, services: Services, port: int) -> None:
-        app = create_app(services.settings, services=services)
-        super().__init__(app, make_server(app, services, "127.0.0.1", port, log_level="warning"))
-        self.port = port
-        self.services = services
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/chat"
 
 
 @dataclasses.dataclass
@@ -117,7 +102,7 @@ async def chat(
     book_site: BookSite,
     chat_port: int,
     tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[ChatServer]:
+) -> AsyncIterator[LiveServer]:
     """The chat server with book-b ingested, allowing the book's origin."""
     data_dir = tmp_path_factory.mktemp("docusaurus-chat")
     async with fresh_database(admin_dsn) as dsn:
@@ -134,23 +119,10 @@ async def chat(
         await ingest(env, data_dir / "ingest.log")
         services = await Services.start(Settings.from_env(env), loopback=True)
         try:
-            async with ChatServer(services, chat_port) as server:
+            async with LiveServer(services, chat_port) as server:
                 yield server
         finally:
             await services.close()
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    if not await asyncio.to_thread(CHROMIUM.exists):
-        pytest.skip(
-            "Debian's chromium is not installed (apt-get install -y chromium; `make test` does it)"
-        )
-    pw = pytest.importorskip("playwright.async_api", reason="playwright is not installed")
-    async with pw.async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        await launched.close()
 
 
 @dataclasses.dataclass
@@ -164,7 +136,7 @@ OpenTab = Callable[..., Awaitable[BookTab]]
 
 
 @pytest.fixture
-async def open_tab(browser: Any, book_site: BookSite, chat: ChatServer) -> AsyncIterator[OpenTab]:
+async def open_tab(browser: Any, book_site: BookSite, chat: LiveServer) -> AsyncIterator[OpenTab]:
     """Opens a page of the book, hydrated and with the widget loaded, for a signed-in `user`."""
     contexts: list[Any] = []
 
@@ -225,7 +197,7 @@ async def follow_first_source(tab: BookTab) -> dict[str, Any]:
 
 
 async def test_ask_then_follow_a_source_to_its_page(
-    open_tab: OpenTab, chat: ChatServer, book_site: BookSite, fake_llm: FakeLLM
+    open_tab: OpenTab, chat: LiveServer, book_site: BookSite, fake_llm: FakeLLM
 ) -> None:
     tab = await open_tab(PAGE, user="asker")
     page = tab.page
@@ -310,7 +282,7 @@ async def test_reader_follows_client_side_navigation(open_tab: OpenTab) -> None:
 
 
 async def test_personalize_with_a_new_profile_then_translate_to_urdu(
-    open_tab: OpenTab, chat: ChatServer, fake_llm: FakeLLM
+    open_tab: OpenTab, chat: LiveServer, fake_llm: FakeLLM
 ) -> None:
     tab = await open_tab(PAGE, user="new-reader")
     page = tab.page

@@ -11,7 +11,6 @@ from tests.browser.test_widget import OpenTab, Tab
 from tests.conftest import LiveServer, model_config
 
 # the page fixtures of the widget's own tests: Chromium, and a tab with a reader's token
-browser = test_widget.browser
 open_tab = test_widget.open_tab
 
 RATING = "SELECT rating, comment FROM ratings WHERE message_id = $1::uuid"

@@ -12,7 +12,6 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,17 +23,6 @@ from server.tools.fake_llm import FakeLLM, expected_reply
 from server.web.app import create_app
 from tests.conftest import ROOT, AppServer, LiveServer, model_config, token_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 FIRST_CHAPTER = "what-is-physical-ai"
 DONE = "() => document.querySelectorAll('.tc-bot').length >= {n} && !document.querySelector('.tc-bot[aria-busy]')"
@@ -85,20 +73,6 @@ def last_prompt(fake: FakeLLM) -> str:
     """What the fake model answered to: the last user message of the last chat request."""
     content: str = fake.chat_requests[-1]["messages"][-1]["content"]
     return content
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright (which never downloads a browser)."""
-    if not await asyncio.to_thread(CHROMIUM.exists):
-        pytest.skip(
-            "Debian's chromium is not installed (apt-get install -y chromium; `make test` does it)"
-        )
-    pw = pytest.importorskip("playwright.async_api", reason="playwright is not installed")
-    async with pw.async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        await launched.close()
 
 
 OpenTab = Callable[..., Awaitable[Tab]]

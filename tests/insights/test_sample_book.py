@@ -17,7 +17,7 @@ from protocol.api import InsightsReport
 from server.insights.html import render_html
 from server.settings import SAMPLE_BOOK_DIR
 from server.tools.fake_llm import FakeLLM
-from tests.browser.test_widget import CHROMIUM, CHROMIUM_ARGS
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import ROOT, LiveServer, token_for
 from tests.insights.history import (
     OFF_BOOK,
