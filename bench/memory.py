@@ -7,7 +7,10 @@ Run: .venv/bin/python -m bench.memory [--sockets 1000,5000] [--streams 200] [--t
 Memory is the target process's RSS and USS (psutil), the median of a few readings taken after
 the sockets settle. Sockets and streams are measured on separate processes of the same target (for
 the full server: a second process on the same database and index), so memory freed by one phase
-is not reused by the next and hidden. Per socket = (RSS with N sockets - RSS before) / N.
+is not reused by the next and hidden. Per socket = (RSS with N sockets - RSS before) / N; per
+active stream the same over all streams, and "marginal": the growth of the second half of the
+streams, started once the first half runs, per stream (what grows once with the first burst, such
+as the embedding runtime's arena for a batch of new questions, is not a stream's).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import statistics
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -84,40 +87,68 @@ async def idle_sockets(target: Target, counts: list[int]) -> list[tuple[int, flo
     return rows
 
 
-async def active_streams(target: Target, streams: int) -> tuple[float, float, float, float]:
-    """RSS and USS (MiB) with `streams` sockets idle, then with a stream mid-generation on each."""
+async def start_streams(sockets: list[ClientConnection], first: int) -> list[StreamResult]:
+    """A long answer to a new question on each socket, read until every stream is well under way."""
+    results: list[StreamResult] = await asyncio.gather(
+        *(
+            send_ask(ws, "long", f"memory probe {first + i} {LONG_ANSWER}")
+            for i, ws in enumerate(sockets)
+        )
+    )
+    await asyncio.gather(
+        *(
+            read_stream(ws, "long", r, until_deltas=DELTAS_BEFORE_MEASURING)
+            for ws, r in zip(sockets, results, strict=True)
+        )
+    )
+    return results
+
+
+async def active_streams(target: Target, streams: int) -> ActiveReadings:
+    """RSS and USS (MiB) with `streams` sockets idle, with a stream mid-generation on half of
+    them, then on all: the second half's growth is what a stream costs beyond what the first
+    burst grew once (the query-embedding runtime's arena for a batch, pools, caches' tables)."""
     token_list = await asyncio.to_thread(tokens, streams, "mem-active-")
     await warm_up(target, token_list[:10])
     sockets = await open_sockets(target.ws_url, token_list)
+    half = streams // 2
+    results: list[StreamResult] = []
     try:
-        idle_rss, idle_uss = await settled_memory(target.pid)
-        results: list[StreamResult] = await asyncio.gather(
-            *(
-                send_ask(ws, "long", f"memory probe {i} {LONG_ANSWER}")
-                for i, ws in enumerate(sockets)
-            )
-        )
-        began = time.perf_counter()
-        await asyncio.gather(
-            *(
-                read_stream(ws, "long", r, until_deltas=DELTAS_BEFORE_MEASURING)
-                for ws, r in zip(sockets, results, strict=True)
-            )
-        )
-        waited = time.perf_counter() - began
-        active_rss, active_uss = await settled_memory(target.pid)
+        readings = [await settled_memory(target.pid)]
+        for first, last in ((0, half), (half, streams)):
+            results += await start_streams(sockets[first:last], first)
+            readings.append(await settled_memory(target.pid))
         if any(r.ended_at is not None for r in results):
             raise RuntimeError("a stream ended before it was measured")
-        print(
-            f"  {target.name}: {streams} streams had {DELTAS_BEFORE_MEASURING} deltas within {waited:.1f} s"
-        )
     finally:
         cancel = b'{"type":"cancel","id":"long"}'
         await asyncio.gather(
             *(ws.send(cancel, text=True) for ws in sockets), return_exceptions=True
         )
         await close_sockets(sockets)
-    return idle_rss, idle_uss, active_rss, active_uss
+    idle, first_half, all_streams = readings
+    return ActiveReadings(streams, half, idle, first_half, all_streams)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveReadings:
+    """(RSS, USS) in MiB: sockets idle, `half` of them streaming, all `streams` streaming."""
+
+    streams: int
+    half: int
+    idle: tuple[float, float]
+    first_half: tuple[float, float]
+    all_streams: tuple[float, float]
+
+    def per_stream(self, which: int) -> float:
+        """KiB per stream, over all streams from idle."""
+        return (self.all_streams[which] - self.idle[which]) * 1024 / self.streams
+
+    def marginal(self, which: int) -> float:
+        """KiB per stream of the second half."""
+        return (
+            (self.all_streams[which] - self.first_half[which]) * 1024 / (self.streams - self.half)
+        )
 
 
 @contextlib.asynccontextmanager
@@ -141,7 +172,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"memory per idle socket and per active stream; open files limit {limit}")
     print(f"{cores.describe()}; {machine_line()}")
     idle: dict[str, list[tuple[int, float, float]]] = {}
-    active: dict[str, tuple[float, float, float, float]] = {}
+    active: dict[str, ActiveReadings] = {}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         log_dir = Path(tmp)
         async with (
@@ -171,20 +202,32 @@ async def main(args: argparse.Namespace) -> None:
             )
     print(table(["target", "sockets", "RSS", "USS", "RSS/socket", "USS/socket"], rows))
     print(
-        f"\n{args.streams} streams mid-generation vs the same sockets idle (MiB; per stream in KiB)"
+        f"\n{args.streams} streams mid-generation vs the same sockets idle (MiB; per stream in KiB;"
+        f" marginal: the second {args.streams - args.streams // 2} streams' growth per stream)"
     )
     rows = []
-    for name, (idle_rss, idle_uss, rss, uss) in active.items():
+    for name, a in active.items():
         rows.append(
             [
                 name,
-                fmt(idle_rss),
-                fmt(rss),
-                fmt((rss - idle_rss) * 1024 / args.streams),
-                fmt((uss - idle_uss) * 1024 / args.streams),
+                fmt(a.idle[0]),
+                fmt(a.first_half[0]),
+                fmt(a.all_streams[0]),
+                fmt(a.per_stream(0)),
+                fmt(a.marginal(0)),
+                fmt(a.marginal(1)),
             ]
         )
-    print(table(["target", "idle RSS", "active RSS", "RSS/stream", "USS/stream"], rows))
+    headers = [
+        "target",
+        "idle RSS",
+        "half RSS",
+        "all RSS",
+        "RSS/stream",
+        "marginal RSS",
+        "marginal USS",
+    ]
+    print(table(headers, rows))
     if "full" in idle:
         for other in (n for n in idle if n != "full"):
             print(f"\nfull / {other} relay:")
@@ -196,7 +239,8 @@ async def main(args: argparse.Namespace) -> None:
                 relay_per = (base_rss - idle[other][0][1]) / count
                 rows.append([f"per idle socket at {count}", ratio(full_per, relay_per)])
             f, r = active["full"], active[other]
-            rows.append(["per active stream", ratio(f[2] - f[0], r[2] - r[0])])
+            rows.append(["per active stream", ratio(f.per_stream(0), r.per_stream(0))])
+            rows.append(["per active stream, marginal", ratio(f.marginal(0), r.marginal(0))])
             print(table(["", "RSS ratio"], rows))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 import uuid
@@ -14,7 +13,7 @@ import msgspec
 from protocol.frames import Ask, Delta, Source, Sources, Start, Timings, Usage
 from server.chat.lifecycle import Outcome
 from server.chat.llm import Generation
-from server.chat.prompt import PromptSource, build_prompt
+from server.chat.prompt import Prompt, PromptSource, build_prompt
 from server.chat.stream import Stream
 from server.cluster.journal import PROCESS_ID
 from server.errors import ChatError, DatabaseUnavailable, NotFound
@@ -34,8 +33,9 @@ class AnswerRun:
         self.services = services
         self.user_id = user_id
         self.ask = ask
-        # Written as it streams: one compact buffer, not a str object per token.
-        self.text = io.StringIO()
+        # Written as it streams, UTF-8 in one buffer: a StringIO keeps every token's str object
+        # until it is read (~55 bytes a token where the text is four).
+        self.text = bytearray()
         self.passages: list[Passage] = []
         self.generation = Generation()
         self.message_id: str | None = None
@@ -43,6 +43,24 @@ class AnswerRun:
 
     async def produce(self, stream: Stream) -> None:
         """Retrieve and open the conversation at once, then stream the model's answer."""
+        s = self.services
+        # The prompt is not kept here: the model lets it go once it answers (server/chat/llm.py).
+        answer = s.model.stream(await self._prompt(stream), self.generation)
+        model_started = time.perf_counter()
+        async for text in answer:
+            if stream.first_chunk_at is None:
+                stream.first_chunk_at = time.perf_counter()
+                self.spans["model_first_chunk_ms"] = (
+                    stream.first_chunk_at - model_started
+                ) * 1000.0
+                MODEL_FIRST_CHUNK.observe(stream.first_chunk_at - model_started)
+            self.text += text.encode()
+            stream.emit(Delta, text=text)
+        MODEL_STREAM.observe(time.perf_counter() - model_started)
+
+    async def _prompt(self, stream: Stream) -> Prompt:
+        """Admit, retrieve, open the conversation and record the message; emit `start` and
+        `sources`; the prompt for the model."""
         s = self.services
         ask = self.ask
         await s.limiter.admit(self.user_id)
@@ -78,24 +96,13 @@ class AnswerRun:
         DATABASE.observe(self.spans["db_ms"] / 1000.0)
         stream.emit(Start, message_id=self.message_id, conversation_id=conversation_id)
         stream.emit(Sources, sources=[_source(p) for p in self.passages])
-        prompt = build_prompt(
+        return build_prompt(
             ask.question,
             [PromptSource(p.title, p.section, p.url, p.text) for p in self.passages],
             selection=selection,
             page_url=ask.selection.page_url if ask.selection else None,
             history=history,
         )
-        model_started = time.perf_counter()
-        async for text in s.model.stream(prompt, self.generation):
-            if stream.first_chunk_at is None:
-                stream.first_chunk_at = time.perf_counter()
-                self.spans["model_first_chunk_ms"] = (
-                    stream.first_chunk_at - model_started
-                ) * 1000.0
-                MODEL_FIRST_CHUNK.observe(stream.first_chunk_at - model_started)
-            self.text.write(text)
-            stream.emit(Delta, text=text)
-        MODEL_STREAM.observe(time.perf_counter() - model_started)
 
     async def _retrieve(self, selection: str | None) -> list[Passage]:
         t = time.perf_counter()
@@ -134,7 +141,7 @@ class AnswerRun:
     async def _save(self, stream: Stream, outcome: Outcome, error: ChatError | None) -> bool:
         assert self.message_id is not None
         timings = self._timings(stream)
-        answer = self.text.getvalue()
+        answer = self.text.decode()
         signals = answer_signals((p.similarity for p in self.passages), answer)
         outcome_row = MessageOutcome(
             status=outcome,

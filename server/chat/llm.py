@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import re
 from collections.abc import AsyncIterator
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import httpx2
 import msgspec
@@ -97,20 +97,32 @@ class OpenAIChatModel:
         """Stream the completion's text; closing the generator closes the upstream HTTP stream.
 
         One deadline covers the request up to the model's first bytes, the SDK's retries
-        included: a reader waits MODEL_TIMEOUT_SECONDS at most, not that times the retries."""
+        included: a reader waits MODEL_TIMEOUT_SECONDS at most, not that times the retries.
+
+        Once the model answers, nothing here holds the prompt (passages and history, several
+        times the rest of a stream's memory): the SDK's typed `create` would keep its request
+        options, messages included, and the request's body for the life of the response, so the
+        request goes through its documented raw `post` (same client: base URL, auth, retries,
+        status errors), the body is cleared once sent and the response keeps only the method
+        and URL of its request."""
+        body: dict[str, Any] = {
+            "model": self.name,
+            "messages": prompt.messages,  # plain role/content dicts
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": self._max_tokens,
+            "temperature": self._temperature,
+        }
+        del prompt
+        response: httpx2.Response | None = None
         try:
-            async with (
-                asyncio.timeout(self._first_byte_s) as first_bytes,
-                self._client.chat.completions.with_streaming_response.create(
-                    model=self.name,
-                    messages=cast(Any, prompt.messages),  # plain role/content dicts
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    max_tokens=self._max_tokens,
-                    temperature=self._temperature,
-                ) as response,
-            ):
-                async for data in sse_data(response.http_response.aiter_bytes()):
+            async with asyncio.timeout(self._first_byte_s) as first_bytes:
+                response = await self._client.post(
+                    "/chat/completions", cast_to=httpx2.Response, body=body, stream=True
+                )
+                body.clear()
+                response.request = httpx2.Request(response.request.method, response.request.url)
+                async for data in sse_data(response.aiter_bytes()):
                     if first_bytes.when() is not None:
                         first_bytes.reschedule(None)  # from here the SDK's read timeout holds
                     if data == b"[DONE]":
@@ -149,6 +161,9 @@ class OpenAIChatModel:
             raise UpstreamUnavailable(
                 f"the model provider did not answer within {self._first_byte_s:g} s"
             ) from None
+        finally:
+            if response is not None:
+                await response.aclose()
 
 
 EXTRACTIVE_NOTICE = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -29,18 +30,80 @@ CHAPTER_EVIDENCE = 2
 NEIGHBOUR_WEIGHT = 0.5
 
 
+class Chunk:
+    """A chunk of the book as retrieval returns it; one object however many results hold it."""
+
+    __slots__ = ("__weakref__", "chapter_id", "chunk_id", "section", "text", "title", "url")
+
+    def __init__(
+        self,
+        chunk_id: str,
+        chapter_id: str,
+        title: str,
+        section: str | None,
+        url: str | None,
+        text: str,
+    ) -> None:
+        self.chunk_id = chunk_id
+        self.chapter_id = chapter_id
+        self.title = title
+        self.section = section
+        self.url = url
+        self.text = text
+
+    def _fields(self) -> tuple[str, str, str, str | None, str | None, str]:
+        return (self.chunk_id, self.chapter_id, self.title, self.section, self.url, self.text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Chunk) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self.chunk_id)
+
+
+# A passage's text lives in the kept results, the prompt and the `sources` frame of every answer
+# that uses it: one Chunk per chunk of the book while anything holds it, however many queries
+# found it, instead of a copy of its payload per query (~15 KiB per new question).
+ChunkTable = weakref.WeakValueDictionary[str, Chunk]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Passage:
-    """A retrieved chunk of the book."""
+    """A retrieved chunk of the book, scored for one query."""
 
-    chunk_id: str
-    chapter_id: str
-    title: str
-    section: str | None
-    url: str | None
+    chunk: Chunk
     score: float
-    text: str
     similarity: float | None = None  # the dense cosine to the query (see vectorstore.Hit)
+
+    @property
+    def chunk_id(self) -> str:
+        """The chunk's id in the index."""
+        return self.chunk.chunk_id
+
+    @property
+    def chapter_id(self) -> str:
+        """The chapter it belongs to."""
+        return self.chunk.chapter_id
+
+    @property
+    def title(self) -> str:
+        """Its chapter's title."""
+        return self.chunk.title
+
+    @property
+    def section(self) -> str | None:
+        """Its section's title, when it differs from the chapter's."""
+        return self.chunk.section
+
+    @property
+    def url(self) -> str | None:
+        """Where it is in the book."""
+        return self.chunk.url
+
+    @property
+    def text(self) -> str:
+        """Its text."""
+        return self.chunk.text
 
 
 class Retriever:
@@ -58,6 +121,7 @@ class Retriever:
         self._results: OrderedDict[tuple[str, str | None, int], tuple[float, list[Passage]]] = (
             OrderedDict()
         )
+        self._chunks: ChunkTable = weakref.WeakValueDictionary()
 
     async def search(
         self,
@@ -100,7 +164,7 @@ class Retriever:
             spans["search_ms"] = (done - embedded) * 1000.0
         EMBEDDING.observe(embedded - started)
         RETRIEVAL.observe(done - embedded)
-        passages = rank_passages(hits, limit, with_neighbours=bool(selection))
+        passages = rank_passages(hits, limit, with_neighbours=bool(selection), chunks=self._chunks)
         self._results[key] = (time.monotonic(), passages)
         self._results.move_to_end(key)
         if len(self._results) > RESULTS_KEPT:
@@ -110,10 +174,14 @@ class Retriever:
     def forget(self) -> None:
         """Drop the kept results (the book changed)."""
         self._results.clear()
+        self._chunks.clear()
 
 
-def rank_passages(hits: Sequence[Hit], limit: int, *, with_neighbours: bool) -> list[Passage]:
-    """The chunks behind the hits (best first, scores >= 0), ranked with their chapter's relevance."""
+def rank_passages(
+    hits: Sequence[Hit], limit: int, *, with_neighbours: bool, chunks: ChunkTable | None = None
+) -> list[Passage]:
+    """The chunks behind the hits (best first, scores >= 0), ranked with their chapter's relevance;
+    chunks already in `chunks` are reused, new ones added."""
     best: dict[str, Hit] = {}
     closest: dict[str, float] = {}  # a chunk's best dense cosine over its windows
     for hit in sorted(hits, key=lambda h: h.score, reverse=True):
@@ -140,7 +208,7 @@ def rank_passages(hits: Sequence[Hit], limit: int, *, with_neighbours: bool) -> 
         ranked[chunk_id] = score
     order = sorted(ranked, key=lambda c: ranked[c], reverse=True)[:limit]
     return [
-        _passage(chunk_id, best[chunk_id], ranked[chunk_id], closest.get(chunk_id))
+        Passage(_chunk(chunk_id, best[chunk_id], chunks), ranked[chunk_id], closest.get(chunk_id))
         for chunk_id in order
     ]
 
@@ -149,16 +217,21 @@ def _chapter(hit: Hit) -> str:
     return str(hit.payload.get("chapter_id", ""))
 
 
-def _passage(chunk_id: str, hit: Hit, score: float, similarity: float | None) -> Passage:
+def _chunk(chunk_id: str, hit: Hit, chunks: ChunkTable | None) -> Chunk:
     p: dict[str, Any] = hit.payload
     section = p.get("section_title") or None
-    return Passage(
+    chunk = Chunk(
         chunk_id=chunk_id,
         chapter_id=_chapter(hit),
         title=str(p.get("title", "")),
         section=str(section) if section and section != p.get("title") else None,
         url=p.get("url"),
-        score=score,
         text=str(p.get("text", "")),
-        similarity=similarity,
     )
+    if chunks is None:
+        return chunk
+    known = chunks.get(chunk_id)
+    if known is not None and known == chunk:  # a re-ingested chunk's new text replaces the old
+        return known
+    chunks[chunk_id] = chunk
+    return chunk

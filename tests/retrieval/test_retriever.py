@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
-from server.retrieval.retriever import CHAPTER_WEIGHT, NEIGHBOUR_WEIGHT, rank_passages
+from server.retrieval.retriever import CHAPTER_WEIGHT, NEIGHBOUR_WEIGHT, ChunkTable, rank_passages
 from server.retrieval.vectorstore import Hit
 
 
@@ -57,3 +60,34 @@ def test_a_selection_lifts_the_passages_beside_the_best_match() -> None:
 
 def test_no_hits_no_passages() -> None:
     assert rank_passages([], 6, with_neighbours=True) == []
+
+
+def test_results_of_different_queries_share_one_chunk_object() -> None:
+    chunks: ChunkTable = weakref.WeakValueDictionary()
+    first = rank_passages([hit("c1", "c1", "ch1", 0, 0.3)], 6, with_neighbours=False, chunks=chunks)
+    second = rank_passages(
+        [hit("c1", "c1", "ch1", 0, 0.1)], 6, with_neighbours=False, chunks=chunks
+    )
+    assert first[0].chunk is second[0].chunk
+    assert first[0].score != second[0].score  # the score is the query's own
+
+
+def test_a_re_ingested_chunk_is_not_served_from_the_table() -> None:
+    chunks: ChunkTable = weakref.WeakValueDictionary()
+    [old] = rank_passages([hit("c1", "c1", "ch1", 0, 0.3)], 6, with_neighbours=False, chunks=chunks)
+    changed = hit("c1", "c1", "ch1", 0, 0.3)
+    changed.payload["text"] = "the chunk's new text"
+    [new] = rank_passages([changed], 6, with_neighbours=False, chunks=chunks)
+    assert new.text == "the chunk's new text"
+    assert old.text == "text of c1"
+
+
+def test_the_table_keeps_no_chunk_nothing_else_holds() -> None:
+    chunks: ChunkTable = weakref.WeakValueDictionary()
+    passages = rank_passages(
+        [hit("c1", "c1", "ch1", 0, 0.3)], 6, with_neighbours=False, chunks=chunks
+    )
+    assert "c1" in chunks
+    del passages
+    gc.collect()
+    assert "c1" not in chunks
