@@ -104,12 +104,12 @@ async def start_streams(sockets: list[ClientConnection], first: int) -> list[Str
     return results
 
 
-async def active_streams(target: Target, streams: int) -> ActiveReadings:
+async def active_streams(target: Target, streams: int, warm: int) -> ActiveReadings:
     """RSS and USS (MiB) with `streams` sockets idle, with a stream mid-generation on half of
     them, then on all: the second half's growth is what a stream costs beyond what the first
     burst grew once (the query-embedding runtime's arena for a batch, pools, caches' tables)."""
     token_list = await asyncio.to_thread(tokens, streams, "mem-active-")
-    await warm_up(target, token_list[:10])
+    await warm_up(target, token_list[:warm])
     sockets = await open_sockets(target.ws_url, token_list)
     half = streams // 2
     results: list[StreamResult] = []
@@ -183,7 +183,7 @@ async def main(args: argparse.Namespace) -> None:
                 async with target_process(name, model_url, cores.target, log_dir, home) as target:
                     idle[name] = await idle_sockets(target, counts)
                 async with target_process(name, model_url, cores.target, log_dir, home) as target:
-                    active[name] = await active_streams(target, args.streams)
+                    active[name] = await active_streams(target, args.streams, args.warm)
     print("\nidle authenticated sockets (MiB; per socket in KiB)")
     rows = []
     for name, readings in idle.items():
@@ -248,6 +248,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sockets", default="1000,5000", help="idle socket counts, ascending")
     parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument(
+        "--warm",
+        type=int,
+        default=10,
+        help="short answers to new questions, all at once, before the streams' baseline",
+    )
     parser.add_argument("--targets", default="full,raw", help="full and relays (sdk, raw)")
     parser.add_argument("--no-pin", action="store_true", help="let every process use every CPU")
     run(main(parser.parse_args()))
