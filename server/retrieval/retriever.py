@@ -30,35 +30,16 @@ CHAPTER_EVIDENCE = 2
 NEIGHBOUR_WEIGHT = 0.5
 
 
+@dataclasses.dataclass(frozen=True, slots=True, weakref_slot=True)
 class Chunk:
     """A chunk of the book as retrieval returns it; one object however many results hold it."""
 
-    __slots__ = ("__weakref__", "chapter_id", "chunk_id", "section", "text", "title", "url")
-
-    def __init__(
-        self,
-        chunk_id: str,
-        chapter_id: str,
-        title: str,
-        section: str | None,
-        url: str | None,
-        text: str,
-    ) -> None:
-        self.chunk_id = chunk_id
-        self.chapter_id = chapter_id
-        self.title = title
-        self.section = section
-        self.url = url
-        self.text = text
-
-    def _fields(self) -> tuple[str, str, str, str | None, str | None, str]:
-        return (self.chunk_id, self.chapter_id, self.title, self.section, self.url, self.text)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Chunk) and self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self.chunk_id)
+    chunk_id: str
+    chapter_id: str
+    title: str
+    section: str | None
+    url: str | None
+    text: str
 
 
 # A passage's text lives in the kept results, the prompt and the `sources` frame of every answer
