@@ -33,7 +33,7 @@ import psutil
 
 from bench.harness import run
 from bench.ingest import CORPORA, ingest_once
-from bench.measure import fmt, machine_line, pct, table
+from bench.measure import fmt, machine_busy_s, machine_line, pct, table
 from server.retrieval.embeddings import LocalEmbedder
 from server.retrieval.local_encoders import Runtime, all_cores
 from server.tools.loadtest.config import QUESTIONS
@@ -155,12 +155,7 @@ class OthersMeter:
     """CPU seconds that other processes used between start and stop (all CPUs)."""
 
     def __init__(self) -> None:
-        self._busy0, self._own0 = self._busy(), self._own()
-
-    @staticmethod
-    def _busy() -> float:
-        t = psutil.cpu_times()
-        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+        self._busy0, self._own0 = machine_busy_s(), self._own()
 
     @staticmethod
     def _own() -> float:
@@ -168,7 +163,7 @@ class OthersMeter:
         return float(t.user + t.system + t.children_user + t.children_system)
 
     def others(self) -> float:
-        return max(0.0, (self._busy() - self._busy0) - (self._own() - self._own0))
+        return max(0.0, (machine_busy_s() - self._busy0) - (self._own() - self._own0))
 
 
 def others(meter: OthersMeter) -> str:
@@ -236,7 +231,7 @@ async def ingest_section(args: argparse.Namespace, cache_dir: Path) -> None:
             runtime, _, threads = variant.partition(":")
             count = 1 if runtime == "numpy" else int(threads) if threads else all_cores()
             embedder = LocalEmbedder(
-                runtime=runtime,  # type: ignore[arg-type]
+                runtime=runtime,
                 cache_dir=cache_dir,
                 document_threads=count,
             )

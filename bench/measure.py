@@ -74,20 +74,21 @@ class PostgresMeter:
         return share
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs, neither idle nor waiting on I/O)."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
 class MachineMeter:
     """CPU busy time of the whole machine, to tell what ran besides this benchmark."""
 
     def __init__(self) -> None:
-        self._busy, self._at = self._now(), time.monotonic()
-
-    @staticmethod
-    def _now() -> float:
-        t = psutil.cpu_times()
-        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+        self._busy, self._at = machine_busy_s(), time.monotonic()
 
     def read(self) -> float:
         """Busy cores since the last reading."""
-        busy, now = self._now(), time.monotonic()
+        busy, now = machine_busy_s(), time.monotonic()
         share = (busy - self._busy) / max(now - self._at, 1e-9)
         self._busy, self._at = busy, now
         return share
