@@ -86,6 +86,19 @@ async def test_rating_an_answer_from_the_keyboard_with_a_comment(
     assert tab.errors == []
 
 
+# The page's client takes every frame through `_frame`: ends of streams wait in `heldBack`.
+HOLD_BACK_ENDS = """() => {
+  window.heldBack = [];
+  const client = TextbookChat.client;
+  window.takeFrame = client._frame.bind(client);
+  client._frame = (f) => (f.type === "done" ? window.heldBack.push(f) : window.takeFrame(f));
+}"""
+RELEASE_ENDS = """() => {
+  delete TextbookChat.client._frame;
+  window.heldBack.forEach((f) => window.takeFrame(f));
+}"""
+
+
 async def test_clear_history_asks_first_then_deletes_on_the_server(
     open_tab: OpenTab, live: LiveServer, fake_llm: FakeLLM
 ) -> None:
@@ -105,13 +118,21 @@ async def test_clear_history_asks_first_then_deletes_on_the_server(
     conversations = "SELECT count(*) FROM conversations WHERE user_id = $1"
     assert await _rows(live, conversations, "forgetful") == [(1,)]
 
-    # While an answer streams: it is cancelled first, then everything goes.
+    # While an answer streams: it is cancelled first, then everything goes. The cancelled
+    # answer's end comes on the socket, the deletion's answer over HTTP: the page may get them
+    # in either order, so its end is held back here until the deletion is shown (it spoke over
+    # the news once when it came later).
     with model_config(fake_llm, tokens_per_second=15, tokens_per_answer=300):
         await tab.ask("Tell me everything about sensors")
         await page.wait_for_selector(".tc-bot[aria-busy] .tc-sources a")
+        await page.evaluate(HOLD_BACK_ENDS)
         await clear.click()
         await dialog.get_by_role("button", name="Delete").click()
         await page.wait_for_selector(".tc-sr-only:has-text('Your history was deleted.')")
+        await page.wait_for_function("window.heldBack.length > 0", polling=50)
+        await page.evaluate(RELEASE_ENDS)
+        announced = page.locator(".tc-sr-only[aria-live]")
+        assert await announced.inner_text() == "Your history was deleted."
     assert (
         await page.locator(".tc-user").count() == 0 and await page.locator(".tc-bot").count() == 0
     )

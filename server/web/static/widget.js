@@ -6,7 +6,7 @@
   "use strict";
   if (window.TextbookChat) return;
 
-  // ---- Markdown: escape everything first, then a small subset --------------------------------
+  // ---- Markdown: escape everything first, then a small subset
 
   const ESC = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
   const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => ESC[c]);
@@ -199,7 +199,7 @@
     return blocks(lines, { dir: true, seen: new Map(), ...options });
   }
 
-  // ---- the protocol client: one socket, reconnects, resumes every unfinished stream ------------
+  // ---- the protocol client: one socket, reconnects, resumes every unfinished stream
 
   const newId = (prefix = "w") =>
     prefix + "-" + (crypto.randomUUID ? crypto.randomUUID() : Date.now().toString(36) + Math.random().toString(36).slice(2));
@@ -421,7 +421,7 @@
     }
   }
 
-  // ---- page context ---------------------------------------------------------------------------
+  // ---- page context
 
   const script = document.currentScript || document.querySelector('script[src*="widget.js"]');
   const attr = (name) => (script && script.getAttribute("data-" + name)) || "";
@@ -487,7 +487,7 @@
   };
   TextbookChat.el = el;
 
-  // ---- the floating panel -------------------------------------------------------------------
+  // ---- the floating panel
 
   const truncate = (s, n) => (s.length > n ? s.slice(0, n - 1) + "…" : s);
   const speakable = (md) => plain(md.replace(/^```.*$/gm, "").replace(/^[#>|\s-]+/gm, " ")).replace(/\s+/g, " ");
@@ -727,6 +727,9 @@
       const res = await api(this.eraseAll.checked ? "/v1/me" : "/v1/conversations", { method: "DELETE" }).catch(() => null);
       if (!res || !res.ok) return (this.confirmText.textContent = "Not deleted; try again.");
       store.set("pending", null, true);
+      // the streaming answer is gone too: its end, if it comes later, must not speak over this
+      clearInterval(this.speaker);
+      if (this.active) client.streams.delete(this.active.id), (this.active = null), this.setBusy(false);
       this.newConversation();
       this.confirmClear(false);
       this.live.textContent = "Your history was deleted.";
