@@ -47,7 +47,7 @@ class AnswerRun:
         # The prompt is not kept here: the model lets it go once it answers (server/chat/llm.py).
         answer = s.model.stream(await self._prompt(stream), self.generation)
         model_started = time.perf_counter()
-        async for text in answer:
+        async for text in stream.paced(answer):
             if stream.first_chunk_at is None:
                 stream.first_chunk_at = time.perf_counter()
                 self.spans["model_first_chunk_ms"] = (

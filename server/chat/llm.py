@@ -60,19 +60,43 @@ class _Chunk(msgspec.Struct):
 
 
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
+_request_encoder = msgspec.json.Encoder()
 
 
-async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The `data:` payloads of a server-sent event stream, as bytes (one per data line)."""
+async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """The `data:` payloads of a server-sent event stream, as bytes: those completed by each
+    read together, so that tokens which arrived together are handled (and sent) together."""
     pending = b""
     async for chunk in chunks:
         pending += chunk
         *lines, pending = pending.split(b"\n")
-        for line in lines:
-            if line.startswith(b"data:"):
-                yield line[5:].strip()
+        payloads = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+        if payloads:
+            yield payloads
     if pending.startswith(b"data:"):
-        yield pending[5:].strip()
+        yield [pending[5:].strip()]
+
+
+def _read_chunk(data: bytes, generation: Generation, texts: list[str]) -> None:
+    """Add one completion chunk's text to `texts` and its usage and finish reason to
+    `generation`."""
+    try:
+        chunk = _chunk_decoder.decode(data)
+    except msgspec.DecodeError:
+        raise UpstreamUnavailable("the model sent a malformed stream") from None
+    if chunk.error is not None:
+        raise UpstreamUnavailable("the model reported an error mid-stream")
+    if chunk.usage is not None:
+        generation.prompt_tokens = chunk.usage.prompt_tokens
+        generation.completion_tokens = chunk.usage.completion_tokens
+    for choice in chunk.choices:
+        if choice.finish_reason:
+            generation.finish_reason = "length" if choice.finish_reason == "length" else "stop"
+        if choice.delta is not None and (text := choice.delta.content):
+            if "\x00" in text:  # Postgres cannot store NUL: never pass it on
+                text = text.replace("\x00", "")
+            if text:
+                texts.append(text)
 
 
 class OpenAIChatModel:
@@ -103,50 +127,43 @@ class OpenAIChatModel:
         times the rest of a stream's memory): the SDK's typed `create` would keep its request
         options, messages included, and the request's body for the life of the response, so the
         request goes through its documented raw `post` (same client: base URL, auth, retries,
-        status errors), the body is cleared once sent and the response keeps only the method
+        status errors), the body is let go once sent and the response keeps only the method
         and URL of its request."""
-        body: dict[str, Any] = {
-            "model": self.name,
-            "messages": prompt.messages,  # plain role/content dicts
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "max_tokens": self._max_tokens,
-            "temperature": self._temperature,
-        }
+        # bytes, sent as they are: the SDK would encode a dict with the stdlib json (44 µs for a
+        # 9 KB prompt, 3 µs with msgspec)
+        body = _request_encoder.encode(
+            {
+                "model": self.name,
+                "messages": prompt.messages,  # plain role/content dicts
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "max_tokens": self._max_tokens,
+                "temperature": self._temperature,
+            }
+        )
         del prompt
         response: httpx2.Response | None = None
         try:
             async with asyncio.timeout(self._first_byte_s) as first_bytes:
                 response = await self._client.post(
-                    "/chat/completions", cast_to=httpx2.Response, body=body, stream=True
+                    "/chat/completions", cast_to=httpx2.Response, content=body, stream=True
                 )
-                body.clear()
+                del body
                 response.request = httpx2.Request(response.request.method, response.request.url)
-                async for data in sse_data(response.aiter_bytes()):
+                async for payloads in sse_data(response.aiter_bytes()):
                     if first_bytes.when() is not None:
                         first_bytes.reschedule(None)  # from here the SDK's read timeout holds
-                    if data == b"[DONE]":
+                    texts: list[str] = []
+                    done = False
+                    for data in payloads:
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        _read_chunk(data, generation, texts)
+                    if texts:
+                        yield "".join(texts)
+                    if done:
                         break
-                    try:
-                        chunk = _chunk_decoder.decode(data)
-                    except msgspec.DecodeError:
-                        raise UpstreamUnavailable("the model sent a malformed stream") from None
-                    if chunk.error is not None:
-                        raise UpstreamUnavailable("the model reported an error mid-stream")
-                    if chunk.usage is not None:
-                        generation.prompt_tokens = chunk.usage.prompt_tokens
-                        generation.completion_tokens = chunk.usage.completion_tokens
-                    for choice in chunk.choices:
-                        if choice.finish_reason:
-                            generation.finish_reason = (
-                                "length" if choice.finish_reason == "length" else "stop"
-                            )
-                        if choice.delta is not None and (text := choice.delta.content):
-                            if "\x00" in text:  # Postgres cannot store NUL: never pass it on
-                                text = text.replace("\x00", "")
-                                if not text:
-                                    continue
-                            yield text
         except openai.APIStatusError as exc:
             status = exc.status_code
             retryable = status == 429 or status >= 500

@@ -56,6 +56,7 @@ class Prompt:
 _LOOKALIKE_LT = str.maketrans(
     {"\uff1c": "&lt;", "\ufe64": "&lt;", "\uff1e": "&gt;", "\ufe65": "&gt;"}
 )
+_LOOKALIKES = tuple(chr(c) for c in _LOOKALIKE_LT)
 _TAG_START = re.compile(
     r"<(?=[\s\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]*[A-Za-z/!?|])"
 )
@@ -66,7 +67,11 @@ def quote(text: str) -> str:
     """`text` made safe to place between the prompt's tags, as data."""
     if text.isascii():  # no look-alikes, no tag characters: only `<` matters
         return _TAG_START.sub("&lt;", text) if "<" in text else text
-    text = _INVISIBLE_TAGS.sub("", text).translate(_LOOKALIKE_LT)
+    text = _INVISIBLE_TAGS.sub("", text)
+    # str.translate looks every character up in the table (~85 µs for a 1.5 KB passage, 6
+    # passages an answer); finding none of the four first costs ~1.5 µs
+    if any(c in text for c in _LOOKALIKES):
+        text = text.translate(_LOOKALIKE_LT)
     return _TAG_START.sub("&lt;", text)
 
 

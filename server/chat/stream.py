@@ -13,7 +13,7 @@ import asyncio
 import time
 import uuid
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
 from protocol import codec
@@ -28,6 +28,8 @@ DELTA_TICK_S = 0.03  # at most ~33 delta frames a second per stream reach a read
 # Text a stream holds for its reader beyond which the reader is woken at once, tick or not, and
 # the connection weighs the socket's whole buffer against its limit.
 BUFFER_CHECK_CHARS = 16_384
+# A piece of a model's text this long is not a few tokens to merge on the tick: read on at once.
+PACED_PIECE_CHARS = 4_096
 
 
 class Consumer(Protocol):
@@ -167,6 +169,31 @@ class Stream:
         else:
             self._tail.append(_Pending(frame_type, fields))
         self._queued()
+
+    async def paced(self, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+        """`pieces` (a model's text as it reads it), asked for at most once a tick while they
+        come faster than half a tick, a few tokens each: a fast model's tokens then wait in the
+        socket's buffer and are read, handled and sent together when the tick is due (one read,
+        one task wake and one pass through the HTTP client for several), no later than the
+        tick would have sent them. Slower pieces are read the moment they arrive, and so are
+        long ones: pacing must not cap a stream's throughput (nor hide a reader that falls
+        behind it)."""
+        tick_s = self._tick_s
+        iterator = aiter(pieces)
+        while True:
+            asked = time.monotonic()
+            try:
+                piece = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            got = time.monotonic()
+            yield piece
+            if got - asked < tick_s / 2 and len(piece) < PACED_PIECE_CHARS and not self.ended:
+                delay = got + tick_s - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    # the loop's timer measured the tick, as it does for _tick_due
+                    self._woken_at = time.monotonic() - tick_s
 
     def _tick(self) -> None:
         """Hand deltas to the reader at most every tick (DELTA_TICK_MS): a fast model's tokens merge

@@ -27,14 +27,23 @@ _NOT_COVERED = re.compile(
 
 
 # Every phrasing above holds a negation; the full pattern runs only on the text around one (it
-# costs ~0.25 ms on a 300-token answer, around a few words of it ~10 µs).
-_NEGATION_HINT = re.compile(r"not\b|n't\b|\bno\b|\bfails?\b", re.IGNORECASE)
+# costs ~0.25 ms on a 300-token answer, around a few words of it ~10 µs). The hint is
+# `not\b|n't\b|\bno\b|\bfails?\b` ignoring case, written to start with a character class on
+# lowered text: re then skips to each n or f (~9 µs on 2 KB, 118 µs as the plain alternation).
+_NEGATION_HINT = re.compile(r"[nf](?:(?<=n)(?:ot|'t)|(?<=\bn)o|(?<=\bf)ails?)\b")
+_NEGATION_HINT_ANY_CASE = re.compile(r"not\b|n't\b|\bno\b|\bfails?\b", re.IGNORECASE)
 _BEFORE, _AFTER = 110, 100  # the farthest a phrasing reaches on either side of its negation
 
 
 def says_not_covered(answer: str) -> bool:
     """True when the answer says the book (or its sources) does not cover the question."""
-    for hint in _NEGATION_HINT.finditer(answer):
+    lowered = answer.lower()
+    hints = (
+        _NEGATION_HINT.finditer(lowered)
+        if len(lowered) == len(answer)  # lowering kept every offset (it does but for a few letters)
+        else _NEGATION_HINT_ANY_CASE.finditer(answer)
+    )
+    for hint in hints:
         start = answer.rfind(" ", 0, max(0, hint.start() - _BEFORE)) + 1  # whole words only
         end = answer.find(" ", hint.end() + _AFTER)
         window = answer[start : end if end != -1 else len(answer)]

@@ -148,12 +148,13 @@ async def test_model_output_with_nul_ends_with_done_and_is_saved(
 async def test_a_chapter_with_nul_from_the_model_is_cached_without_it(
     live: LiveServer, fake_llm: FakeLLM
 ) -> None:
+    # a language no other test translates this chapter into: the cache is the whole server's
     chapter = {"chapter": "ros2-basics/ros2-services-actions-qos", "mode": "translate"}
     with model_config(fake_llm, reply="Tra\x00duit"):
         async with connect(live.ws_url, token_for("nul-chapter")) as chat:
-            await chat.send(type="chapter", id="c1", language="fr", **chapter)
+            await chat.send(type="chapter", id="c1", language="vi", **chapter)
             first = await chat.stream("c1")
-            await chat.send(type="chapter", id="c2", language="fr", **chapter)
+            await chat.send(type="chapter", id="c2", language="vi", **chapter)
             again = await chat.stream("c2")
     assert first[-1]["type"] == "done" and again[-1]["type"] == "done"
     assert "\x00" not in deltas(first) and "Traduit" in deltas(first)
@@ -168,7 +169,10 @@ async def test_a_stream_broken_mid_way_keeps_its_partial_answer(
             frames = await chat.ask("b", "What is a humanoid?")
     assert frames[-1]["code"] == "upstream_unavailable" and frames[-1]["retryable"] is True
     partial = deltas(frames)
-    assert len(partial.split()) == 12
+    # At 50 tokens/s the stream may read on the delta tick; aiohttp raises a broken connection
+    # before the bytes it still buffers, so up to a tick of the 12 tokens sent can be lost:
+    # what reached the reader is what is kept.
+    assert 1 <= len(partial.split()) <= 12
     saved = await live.services.store.list_messages("broken", frames[0]["conversation_id"])
     assert saved[0]["status"] == "failed" and saved[0]["answer"] == partial
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import openai
 
-from server.chat.llm import Generation, OpenAIChatModel
+from server.chat.llm import Generation, OpenAIChatModel, sse_data
 from server.chat.prompt import build_prompt
 from server.store import Turn
 from tests.conftest import free_port
@@ -99,14 +99,26 @@ async def _stream_and_look(client: openai.AsyncOpenAI, marker: str) -> None:
         # An earlier turn: the fake model's answer echoes the last question only, so what the
         # client reads does not hold the marker.
         earlier = Turn(f"{marker} is in this question. " * 50, "an answer")
+        generation = Generation()
         answer = model.stream(
-            build_prompt("What is it? [[fake:tokens=20]]", [], history=[earlier]), Generation()
+            build_prompt("What is it? [[fake:tokens=20]]", [], history=[earlier]), generation
         )
         del earlier
         assert holders_of(marker) > 0  # the prompt, held by the stream that has not started
         pieces = [await anext(answer)]
         assert holders_of(marker) == 0
         pieces += [piece async for piece in answer]
-        assert len(pieces) == 20
+        assert pieces and generation.completion_tokens == 20
     finally:
         await client.close()
+
+
+async def test_sse_data_hands_over_the_events_each_read_completed_together() -> None:
+    """Tokens that arrived in one read are handled (and sent) together; an event split across
+    reads waits for its end."""
+
+    async def reads() -> AsyncIterator[bytes]:
+        for chunk in (b"data: a\n\ndata: b\n\nda", b"ta: c\n", b"\n", b": ping\n\n", b"data: d"):
+            yield chunk
+
+    assert [payloads async for payloads in sse_data(reads())] == [[b"a", b"b"], [b"c"], [b"d"]]

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from protocol.contract import StreamContract
 from protocol.frames import Delta, Source, Sources, Start
-from server.chat.stream import BUFFER_CHECK_CHARS, DELTA_TICK_S, MAX_MERGED_DELTA, Stream
+from server.chat.stream import (
+    BUFFER_CHECK_CHARS,
+    DELTA_TICK_S,
+    MAX_MERGED_DELTA,
+    PACED_PIECE_CHARS,
+    Stream,
+)
 from server.errors import RateLimited
 
 
@@ -238,3 +247,85 @@ async def test_the_log_replays_every_frame_byte_for_byte_as_sent() -> None:
     while (data := stream.take()) is not None:
         resumed.append(data)
     assert resumed == live[2:]
+
+
+async def test_paced_asks_a_fast_model_once_a_tick_and_sends_each_read_at_once() -> None:
+    """Pieces that are there as soon as they are asked for (a fast model's tokens, already in
+    the socket's buffer) are asked for once a tick, and each goes out the moment it is read:
+    the tick is waited for before the read, never again after it."""
+    tick = 0.05
+    stream = Stream("s", "u", "answer", tick_s=tick)
+    reader = Reader()
+    stream.attach(reader, 0)
+    asked_at: list[float] = []
+
+    async def model() -> AsyncIterator[str]:
+        for n in range(5):
+            asked_at.append(time.monotonic())
+            yield f"{n} "
+
+    texts = []
+    async for text in stream.paced(model()):
+        woken = reader.wakes
+        stream.emit(Delta, text=text)
+        assert reader.wakes == woken + 1, "sent when read, not held for another tick"
+        texts.extend(f["text"] for f in drain(stream))
+    assert texts == [f"{n} " for n in range(5)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(asked_at)]
+    assert all(gap >= tick - 0.002 for gap in gaps), gaps  # the loop's timers are milliseconds
+
+
+_real_sleep = asyncio.sleep
+
+
+@pytest.fixture
+def paced_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays `asyncio.sleep` is asked for from here on (a model's own waits use
+    `_real_sleep`)."""
+    delays: list[float] = []
+
+    async def recorded_sleep(delay: float) -> None:
+        delays.append(delay)
+        await _real_sleep(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
+    return delays
+
+
+async def test_paced_asks_for_a_slow_model_s_next_piece_at_once(paced_sleeps: list[float]) -> None:
+    """Pieces slower than half a tick are asked for again as soon as each is handled."""
+    tick = 0.05
+    stream = Stream("s", "u", "answer", tick_s=tick)
+
+    async def model() -> AsyncIterator[str]:
+        for n in range(3):
+            await _real_sleep(tick)  # 20 tokens/s against a 50 ms tick
+            yield str(n)
+
+    assert [piece async for piece in stream.paced(model())] == ["0", "1", "2"]
+    assert paced_sleeps == []
+
+
+async def test_paced_does_not_pace_without_a_tick(paced_sleeps: list[float]) -> None:
+    """DELTA_TICK_MS=0 sends every token as its own frame: nothing is waited for."""
+    stream = Stream("s", "u", "answer", tick_s=0.0)
+
+    async def model() -> AsyncIterator[str]:
+        for n in range(100):
+            yield str(n)
+
+    assert len([piece async for piece in stream.paced(model())]) == 100
+    assert paced_sleeps == []
+
+
+async def test_paced_reads_long_pieces_at_full_speed(paced_sleeps: list[float]) -> None:
+    """An unpaced model's long pieces are not held to one a tick: that would cap a stream's
+    throughput, and hide from the connection a reader that falls behind."""
+    stream = Stream("s", "u", "answer", tick_s=0.05)
+
+    async def model() -> AsyncIterator[str]:
+        for _ in range(10):
+            yield "w" * PACED_PIECE_CHARS
+
+    assert len([piece async for piece in stream.paced(model())]) == 10
+    assert paced_sleeps == []

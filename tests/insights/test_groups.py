@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.insights import groups
+from server.insights import groups, signals
 from server.insights.groups import average_linkage, group_questions
 from server.insights.signals import answer_signals, says_not_covered
 
@@ -117,6 +117,25 @@ def test_answers_saying_the_book_does_not_cover_it(answer: str) -> None:
 )
 def test_answers_that_do_not_say_so(answer: str) -> None:
     assert not says_not_covered(answer)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "NOT no No NO fails Fails FAIL fail failed cannot can't won't isn't no-one know nothing",
+        "Nothing here, nor anywhere: not_ no1 xnot n't fails. The BOOK does NOT cover it",
+        "İstanbul is not in the book: lowering İ adds a character, so offsets must not shift",
+    ],
+)
+def test_the_negation_hint_finds_what_the_any_case_pattern_finds(text: str) -> None:
+    """The fast hint (lowered text, a character class first) is the plain pattern, faster."""
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        fast = [m.start() for m in signals._NEGATION_HINT.finditer(lowered)]
+        plain = [m.start() for m in signals._NEGATION_HINT_ANY_CASE.finditer(text)]
+        assert fast == plain and fast
+    else:
+        assert says_not_covered(text.replace("is not in", "is not covered in"))
 
 
 def test_answer_signals_take_the_closest_source() -> None:
