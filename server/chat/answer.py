@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -47,15 +48,16 @@ class AnswerRun:
         # The prompt is not kept here: the model lets it go once it answers (server/chat/llm.py).
         answer = s.model.stream(await self._prompt(stream), self.generation)
         model_started = time.perf_counter()
-        async for text in stream.paced(answer):
-            if stream.first_chunk_at is None:
-                stream.first_chunk_at = time.perf_counter()
-                self.spans["model_first_chunk_ms"] = (
-                    stream.first_chunk_at - model_started
-                ) * 1000.0
-                MODEL_FIRST_CHUNK.observe(stream.first_chunk_at - model_started)
-            self.text += text.encode()
-            stream.emit(Delta, text=text)
+        async with contextlib.aclosing(stream.paced(answer)) as pieces:
+            async for text in pieces:
+                if stream.first_chunk_at is None:
+                    stream.first_chunk_at = time.perf_counter()
+                    self.spans["model_first_chunk_ms"] = (
+                        stream.first_chunk_at - model_started
+                    ) * 1000.0
+                    MODEL_FIRST_CHUNK.observe(stream.first_chunk_at - model_started)
+                self.text += text.encode()
+                stream.emit(Delta, text=text)
         MODEL_STREAM.observe(time.perf_counter() - model_started)
 
     async def _prompt(self, stream: Stream) -> Prompt:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
 
 import httpx2
@@ -30,7 +30,7 @@ class ChatModel(Protocol):
 
     name: str
 
-    def stream(self, prompt: Prompt, generation: Generation) -> AsyncIterator[str]:
+    def stream(self, prompt: Prompt, generation: Generation) -> AsyncGenerator[str, None]:
         """Yield pieces of the answer; fill `generation` with usage and finish reason."""
         ...
 
@@ -117,7 +117,7 @@ class OpenAIChatModel:
         self._first_byte_s = first_byte_s
         self._temperature = temperature
 
-    async def stream(self, prompt: Prompt, generation: Generation) -> AsyncIterator[str]:
+    async def stream(self, prompt: Prompt, generation: Generation) -> AsyncGenerator[str, None]:
         """Stream the completion's text; closing the generator closes the upstream HTTP stream.
 
         One deadline covers the request up to the model's first bytes, the SDK's retries
@@ -199,7 +199,7 @@ class ExtractiveModel:
         self._passages = passages
         self._chars = chars_per_passage
 
-    async def stream(self, prompt: Prompt, generation: Generation) -> AsyncIterator[str]:
+    async def stream(self, prompt: Prompt, generation: Generation) -> AsyncGenerator[str, None]:
         """Yield the composed answer a few words at a time."""
         text = compose_extract(prompt, self._passages, self._chars)
         words = _WORDS.findall(text)

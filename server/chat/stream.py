@@ -10,10 +10,11 @@ log (and the journal behind it) is always complete for a later `resume`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from array import array
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any, Protocol
 
 from protocol import codec
@@ -170,7 +171,7 @@ class Stream:
             self._tail.append(_Pending(frame_type, fields))
         self._queued()
 
-    async def paced(self, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+    async def paced(self, pieces: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
         """`pieces` (a model's text as it reads it), asked for at most once a tick while they
         come faster than half a tick, a few tokens each: a fast model's tokens then wait in the
         socket's buffer and are read, handled and sent together when the tick is due (one read,
@@ -179,21 +180,23 @@ class Stream:
         long ones: pacing must not cap a stream's throughput (nor hide a reader that falls
         behind it)."""
         tick_s = self._tick_s
-        iterator = aiter(pieces)
-        while True:
-            asked = time.monotonic()
-            try:
-                piece = await anext(iterator)
-            except StopAsyncIteration:
-                return
-            got = time.monotonic()
-            yield piece
-            if got - asked < tick_s / 2 and len(piece) < PACED_PIECE_CHARS and not self.ended:
-                delay = got + tick_s - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                    # the loop's timer measured the tick, as it does for _tick_due
-                    self._woken_at = time.monotonic() - tick_s
+        # closed however this ends (a cancel while waiting for the tick included): closing a
+        # model's stream closes its HTTP stream
+        async with contextlib.aclosing(pieces):
+            while True:
+                asked = time.monotonic()
+                try:
+                    piece = await anext(pieces)
+                except StopAsyncIteration:
+                    return
+                got = time.monotonic()
+                yield piece
+                if got - asked < tick_s / 2 and len(piece) < PACED_PIECE_CHARS and not self.ended:
+                    delay = got + tick_s - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                        # the loop's timer measured the tick, as it does for _tick_due
+                        self._woken_at = time.monotonic() - tick_s
 
     def _tick(self) -> None:
         """Hand deltas to the reader at most every tick (DELTA_TICK_MS): a fast model's tokens merge

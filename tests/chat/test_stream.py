@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -259,7 +259,7 @@ async def test_paced_asks_a_fast_model_once_a_tick_and_sends_each_read_at_once()
     stream.attach(reader, 0)
     asked_at: list[float] = []
 
-    async def model() -> AsyncIterator[str]:
+    async def model() -> AsyncGenerator[str, None]:
         for n in range(5):
             asked_at.append(time.monotonic())
             yield f"{n} "
@@ -297,7 +297,7 @@ async def test_paced_asks_for_a_slow_model_s_next_piece_at_once(paced_sleeps: li
     tick = 0.05
     stream = Stream("s", "u", "answer", tick_s=tick)
 
-    async def model() -> AsyncIterator[str]:
+    async def model() -> AsyncGenerator[str, None]:
         for n in range(3):
             await _real_sleep(tick)  # 20 tokens/s against a 50 ms tick
             yield str(n)
@@ -310,7 +310,7 @@ async def test_paced_does_not_pace_without_a_tick(paced_sleeps: list[float]) -> 
     """DELTA_TICK_MS=0 sends every token as its own frame: nothing is waited for."""
     stream = Stream("s", "u", "answer", tick_s=0.0)
 
-    async def model() -> AsyncIterator[str]:
+    async def model() -> AsyncGenerator[str, None]:
         for n in range(100):
             yield str(n)
 
@@ -323,9 +323,38 @@ async def test_paced_reads_long_pieces_at_full_speed(paced_sleeps: list[float]) 
     throughput, and hide from the connection a reader that falls behind."""
     stream = Stream("s", "u", "answer", tick_s=0.05)
 
-    async def model() -> AsyncIterator[str]:
+    async def model() -> AsyncGenerator[str, None]:
         for _ in range(10):
             yield "w" * PACED_PIECE_CHARS
 
     assert len([piece async for piece in stream.paced(model())]) == 10
     assert paced_sleeps == []
+
+
+async def test_paced_closes_the_model_s_stream_when_cancelled_between_ticks(
+    paced_sleeps: list[float],
+) -> None:
+    """A stream cancelled while it waits for the tick closes the model's stream (and so its
+    HTTP stream) before its task ends, not whenever the collector gets to it."""
+    stream = Stream("s", "u", "answer", tick_s=60.0)
+    closed = False
+
+    async def model() -> AsyncGenerator[str, None]:
+        nonlocal closed
+        try:
+            while True:
+                yield "token "
+        finally:
+            closed = True
+
+    async def produce() -> None:
+        async for _ in stream.paced(model()):
+            pass
+
+    task = asyncio.create_task(produce())
+    while not paced_sleeps:  # until it waits for the tick
+        await _real_sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed
