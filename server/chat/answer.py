@@ -48,7 +48,8 @@ class AnswerRun:
         # The prompt is not kept here: the model lets it go once it answers (server/chat/llm.py).
         answer = s.model.stream(await self._prompt(stream), self.generation)
         model_started = time.perf_counter()
-        async with contextlib.aclosing(stream.paced(answer)) as pieces:
+        paced = stream.paced(answer) if s.model.read_on_tick else answer
+        async with contextlib.aclosing(paced) as pieces:
             async for text in pieces:
                 if stream.first_chunk_at is None:
                     stream.first_chunk_at = time.perf_counter()

@@ -29,6 +29,10 @@ class ChatModel(Protocol):
     """Something that streams an answer's text for a prompt."""
 
     name: str
+    # Its pieces come over a socket as the model writes them: reading it once a delta tick
+    # (Stream.paced) reads a fast model's tokens together. A model that has its whole answer
+    # at once would only be slowed down.
+    read_on_tick: bool
 
     def stream(self, prompt: Prompt, generation: Generation) -> AsyncGenerator[str, None]:
         """Yield pieces of the answer; fill `generation` with usage and finish reason."""
@@ -101,6 +105,8 @@ def _read_chunk(data: bytes, generation: Generation, texts: list[str]) -> None:
 
 class OpenAIChatModel:
     """Any OpenAI-compatible chat completions endpoint, streamed."""
+
+    read_on_tick = True
 
     def __init__(
         self,
@@ -194,6 +200,7 @@ class ExtractiveModel:
     """Composes an answer from the best retrieved passages, saying plainly that no model is configured."""
 
     name = "extractive"
+    read_on_tick = False
 
     def __init__(self, passages: int = 3, chars_per_passage: int = 600) -> None:
         self._passages = passages

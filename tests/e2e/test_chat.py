@@ -336,6 +336,9 @@ async def test_extractive_mode_without_a_model(services: Services) -> None:
     assert text.startswith(EXTRACTIVE_NOTICE)
     assert frames[-1]["type"] == "done"
     assert frames[1]["sources"][0]["title"] in text
+    # it has its whole answer at once: not read a piece a tick (Stream.paced), it goes out as
+    # the first piece and the rest merged
+    assert sum(f["type"] == "delta" for f in frames) <= 2
 
 
 async def test_origin_enforced_when_configured(services: Services) -> None:
