@@ -219,6 +219,9 @@ class StreamResult:
     deltas: int = 0
     finish: str | None = None  # finish_reason of `done`, or the error code
     timings: dict[str, float] | None = None
+    # checked across read_stream calls: a stream read in parts (until some deltas, then to its
+    # end) goes on from the seq it reached
+    contract: StreamContract = dataclasses.field(default_factory=StreamContract)
 
     @property
     def ttfd_ms(self) -> float | None:
@@ -238,7 +241,7 @@ async def read_stream(
     ws: ClientConnection, stream_id: str, result: StreamResult, until_deltas: int | None = None
 ) -> StreamResult:
     """Read this stream's frames until its terminal frame (or until `until_deltas` deltas)."""
-    contract = StreamContract()
+    contract = result.contract
     while result.ended_at is None:
         if until_deltas is not None and result.deltas >= until_deltas:
             return result
