@@ -61,6 +61,22 @@ def test_the_deflate_benchmark_runs_and_finds_frames_compress() -> None:
     assert float(on[3].rstrip("x")) < 1.0, out
 
 
+def test_the_cancel_benchmark_runs_its_trials_to_the_end() -> None:
+    """Each trial reads its stream in two parts (until two deltas, then to `done{cancelled}`)."""
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "bench.cancel", "--trials", "4", "--workers", "2",
+            "--background", "0", "--kinds", "cancel", "--targets", "full", "--no-pin",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout  # fmt: skip
+    rows = [line.split() for line in out.splitlines() if line.startswith("full ")]
+    assert rows and all(row[-2] == "4/0" for row in rows), out
+
+
 def test_profile_charges_each_sample_to_the_first_part_from_the_running_frame() -> None:
     from bench.profile import charge
 
