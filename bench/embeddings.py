@@ -31,14 +31,13 @@ from pathlib import Path
 
 import psutil
 
-from bench.harness import run
+from bench.harness import code_at, run
 from bench.ingest import CORPORA, ingest_once
 from bench.measure import fmt, machine_busy_s, machine_line, pct, table
 from server.retrieval.embeddings import LocalEmbedder
 from server.retrieval.local_encoders import Runtime, all_cores
 from server.tools.loadtest.config import QUESTIONS
 
-ROOT = Path(__file__).resolve().parents[1]
 QUERY_RUNTIMES: tuple[Runtime, ...] = ("numpy", "onnx", "onnx-int8")
 
 
@@ -189,13 +188,7 @@ asyncio.run(main())
 
 async def ingest_at(ref: str, book: Path, tmp: Path) -> tuple[int, int, float]:
     """(chunks, points, seconds) of the first ingest by the code at git `ref` (its default embedder)."""
-    tree = tmp / "baseline-tree"
-    git = ["git", "-C", str(ROOT)]
-    await asyncio.to_thread(
-        subprocess.run, [*git, "worktree", "add", "--detach", str(tree), ref], check=True,
-        capture_output=True,
-    )  # fmt: skip
-    try:
+    async with code_at(ref, tmp) as tree:
         done = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-c", BASELINE_SCRIPT, str(book), str(tree)],
@@ -204,15 +197,10 @@ async def ingest_at(ref: str, book: Path, tmp: Path) -> tuple[int, int, float]:
             text=True,
             env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(tree)},
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"baseline at {ref} failed: {done.stderr[-2000:]}")
-        chunks, points, seconds = done.stdout.split()[-3:]
-        return int(chunks), int(points), float(seconds)
-    finally:
-        await asyncio.to_thread(
-            subprocess.run, [*git, "worktree", "remove", "--force", str(tree)], check=False,
-            capture_output=True,
-        )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"baseline at {ref} failed: {done.stderr[-2000:]}")
+    chunks, points, seconds = done.stdout.split()[-3:]
+    return int(chunks), int(points), float(seconds)
 
 
 async def ingest_section(args: argparse.Namespace, cache_dir: Path) -> None:

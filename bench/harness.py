@@ -10,6 +10,7 @@ import os
 import resource
 import secrets
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ import httpx
 
 from server.auth import mint_token
 
+ROOT = Path(__file__).resolve().parents[1]
 ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 JWT_SECRET = "bench-secret-" + "x" * 40
 READY_TIMEOUT_S = 240.0  # the first start of a server ingests the sample book
@@ -126,7 +128,13 @@ class Child:
 
 
 async def spawn(
-    name: str, argv: Sequence[str], *, cpus: frozenset[int], env: dict[str, str], log_dir: Path
+    name: str,
+    argv: Sequence[str],
+    *,
+    cpus: frozenset[int],
+    env: dict[str, str],
+    log_dir: Path,
+    cwd: Path | None = None,
 ) -> Child:
     """Start argv under `taskset`, so every thread it ever starts stays on `cpus`."""
     log = log_dir / f"{name}.log"
@@ -137,6 +145,7 @@ async def spawn(
             _cpus(cpus),
             *argv,
             env=env,
+            cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -257,24 +266,48 @@ async def server_home() -> AsyncIterator[ServerHome]:
 
 
 @contextlib.asynccontextmanager
+async def code_at(ref: str, parent: Path) -> AsyncIterator[Path]:
+    """A checkout of this repository at git `ref` under `parent` (a detached worktree), removed
+    afterwards: run with PYTHONPATH and the working directory set to it, this interpreter runs
+    that commit's code."""
+    tree = parent / f"code-{ref.replace('/', '-').replace('^', '-parent')}"
+    git = ["git", "-C", str(ROOT)]
+    await asyncio.to_thread(
+        subprocess.run, [*git, "worktree", "add", "--detach", str(tree), ref], check=True,
+        capture_output=True,
+    )  # fmt: skip
+    try:
+        yield tree
+    finally:
+        await asyncio.to_thread(
+            subprocess.run, [*git, "worktree", "remove", "--force", str(tree)], check=False,
+            capture_output=True,
+        )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
 async def chat_server(
     model_url: str,
     cpus: frozenset[int],
     log_dir: Path,
     home: ServerHome | None = None,
     workers: int = 1,
+    code: Path | None = None,
     **extra_env: str,
 ) -> AsyncIterator[Target]:
     """The full server (`textbook-chat serve`), pinned; on a scratch home unless given one
-    (a home a server already used starts in seconds: the book is indexed)."""
+    (a home a server already used starts in seconds: the book is indexed); this checkout's
+    code, or the code in `code` (see code_at)."""
     async with contextlib.AsyncExitStack() as stack:
         if home is None:
             home = await stack.enter_async_context(server_home())
         port = free_port()
         env = server_env(model_url, home.data_dir, home.database_url, **extra_env)
+        if code is not None:
+            env["PYTHONPATH"] = str(code)
         argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
         argv += ["--workers", str(workers)]
-        child = await spawn(f"server-{port}", argv, cpus=cpus, env=env, log_dir=log_dir)
+        child = await spawn(f"server-{port}", argv, cpus=cpus, env=env, log_dir=log_dir, cwd=code)
         try:
             await wait_http_ok(child, f"http://127.0.0.1:{port}/readyz")
             if workers > 1:

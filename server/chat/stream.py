@@ -174,11 +174,11 @@ class Stream:
     async def paced(self, pieces: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
         """`pieces` (a model's text as it reads it), asked for at most once a tick while they
         come faster than half a tick, a few tokens each: a fast model's tokens then wait in the
-        socket's buffer and are read, handled and sent together when the tick is due (one read,
-        one task wake and one pass through the HTTP client for several), no later than the
-        tick would have sent them. Slower pieces are read the moment they arrive, and so are
-        long ones: pacing must not cap a stream's throughput (nor hide a reader that falls
-        behind it)."""
+        HTTP client's buffer and are parsed, handled and sent together when the tick is due
+        (one task wake, one pass through the HTTP client and one frame for several), no later
+        than the tick would have sent them. Slower pieces are read the moment they arrive, and
+        so are long ones: pacing must not cap a stream's throughput (nor hide a reader that
+        falls behind it)."""
         tick_s = self._tick_s
         # closed however this ends (a cancel while waiting for the tick included): closing a
         # model's stream closes its HTTP stream

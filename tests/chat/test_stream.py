@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from typing import Any
 
 import pytest
@@ -281,7 +281,8 @@ _real_sleep = asyncio.sleep
 @pytest.fixture
 def paced_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The delays `asyncio.sleep` is asked for from here on (a model's own waits use
-    `_real_sleep`)."""
+    `_real_sleep`). Tests that read it run on a loop of their own (`alone`): on the session's
+    loop, other tests' servers sleep too."""
     delays: list[float] = []
 
     async def recorded_sleep(delay: float) -> None:
@@ -292,7 +293,16 @@ def paced_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return delays
 
 
-async def test_paced_asks_for_a_slow_model_s_next_piece_at_once(paced_sleeps: list[float]) -> None:
+def alone(scenario: Coroutine[Any, Any, None]) -> None:
+    """Run `scenario` on a new event loop, with no other task."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(scenario)
+    finally:
+        loop.close()
+
+
+def test_paced_asks_for_a_slow_model_s_next_piece_at_once(paced_sleeps: list[float]) -> None:
     """Pieces slower than half a tick are asked for again as soon as each is handled."""
     tick = 0.05
     stream = Stream("s", "u", "answer", tick_s=tick)
@@ -302,11 +312,14 @@ async def test_paced_asks_for_a_slow_model_s_next_piece_at_once(paced_sleeps: li
             await _real_sleep(tick)  # 20 tokens/s against a 50 ms tick
             yield str(n)
 
-    assert [piece async for piece in stream.paced(model())] == ["0", "1", "2"]
+    async def scenario() -> None:
+        assert [piece async for piece in stream.paced(model())] == ["0", "1", "2"]
+
+    alone(scenario())
     assert paced_sleeps == []
 
 
-async def test_paced_does_not_pace_without_a_tick(paced_sleeps: list[float]) -> None:
+def test_paced_does_not_pace_without_a_tick(paced_sleeps: list[float]) -> None:
     """DELTA_TICK_MS=0 sends every token as its own frame: nothing is waited for."""
     stream = Stream("s", "u", "answer", tick_s=0.0)
 
@@ -314,11 +327,14 @@ async def test_paced_does_not_pace_without_a_tick(paced_sleeps: list[float]) -> 
         for n in range(100):
             yield str(n)
 
-    assert len([piece async for piece in stream.paced(model())]) == 100
+    async def scenario() -> None:
+        assert len([piece async for piece in stream.paced(model())]) == 100
+
+    alone(scenario())
     assert paced_sleeps == []
 
 
-async def test_paced_reads_long_pieces_at_full_speed(paced_sleeps: list[float]) -> None:
+def test_paced_reads_long_pieces_at_full_speed(paced_sleeps: list[float]) -> None:
     """An unpaced model's long pieces are not held to one a tick: that would cap a stream's
     throughput, and hide from the connection a reader that falls behind."""
     stream = Stream("s", "u", "answer", tick_s=0.05)
@@ -327,11 +343,14 @@ async def test_paced_reads_long_pieces_at_full_speed(paced_sleeps: list[float]) 
         for _ in range(10):
             yield "w" * PACED_PIECE_CHARS
 
-    assert len([piece async for piece in stream.paced(model())]) == 10
+    async def scenario() -> None:
+        assert len([piece async for piece in stream.paced(model())]) == 10
+
+    alone(scenario())
     assert paced_sleeps == []
 
 
-async def test_paced_closes_the_model_s_stream_when_cancelled_between_ticks(
+def test_paced_closes_the_model_s_stream_when_cancelled_between_ticks(
     paced_sleeps: list[float],
 ) -> None:
     """A stream cancelled while it waits for the tick closes the model's stream (and so its
@@ -351,10 +370,13 @@ async def test_paced_closes_the_model_s_stream_when_cancelled_between_ticks(
         async for _ in stream.paced(model()):
             pass
 
-    task = asyncio.create_task(produce())
-    while not paced_sleeps:  # until it waits for the tick
-        await _real_sleep(0)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert closed
+    async def scenario() -> None:
+        task = asyncio.create_task(produce())
+        while not paced_sleeps:  # until it waits for the tick
+            await _real_sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert closed
+
+    alone(scenario())

@@ -13,7 +13,10 @@ from server.tools.client import connect, deltas
 from server.tools.fake_llm import FakeLLM, expected_reply
 from tests.conftest import AppServer
 
-RUNNABLE = ("relays", "capacity", "first_delta", "memory", "cancel", "ingest", "deflate", "profile")
+RUNNABLE = (
+    "relays", "capacity", "first_delta", "per_answer", "memory", "cancel", "ingest", "deflate",
+    "profile",
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
@@ -75,6 +78,21 @@ def test_the_cancel_benchmark_runs_its_trials_to_the_end() -> None:
     ).stdout  # fmt: skip
     rows = [line.split() for line in out.splitlines() if line.startswith("full ")]
     assert rows and all(row[-2] == "4/0" for row in rows), out
+
+
+def test_the_per_answer_benchmark_measures_answers() -> None:
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "bench.per_answer", "--targets", "full", "--sockets", "2",
+            "--duration", "2", "--warmup", "1", "--no-pin",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout  # fmt: skip
+    [row] = [line.split() for line in out.splitlines() if line.startswith("full ")]
+    assert float(row[2]) > 0 and row[-1] == "0", out  # cpu ms per answer; no errors
 
 
 def test_profile_charges_each_sample_to_the_first_part_from_the_running_frame() -> None:
