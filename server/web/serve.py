@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
+import os
 import socket
 from typing import Any
 
@@ -19,6 +21,26 @@ from server.settings import Settings
 from server.web.protocols import GuardedConfig, GuardedWebSocketProtocol, connection_cap
 
 log = logging.getLogger(__name__)
+
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def limit_malloc_arenas() -> bool:
+    """One glibc malloc arena for the serving process unless MALLOC_ARENA_MAX says otherwise;
+    True when it was set here.
+
+    glibc gives threads arenas of their own (up to 8 per core): the embedding, database and
+    `to_thread` threads then leave memory freed on one arena that the loop's thread cannot
+    reuse. Measured (`bench.memory`): 42 KiB per active stream instead of 66-88, 11 KiB per idle
+    socket instead of 14; CPU per answer unchanged within noise. There is no library for a
+    mallopt call."""
+    if "MALLOC_ARENA_MAX" in os.environ:  # glibc read it itself at start
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, macOS): nothing to tune
+        return False
+    return bool(libc.mallopt(_M_ARENA_MAX, 1))
 
 
 class DrainingServer(uvicorn.Server):
@@ -107,6 +129,7 @@ async def run(
     number, which offsets METRICS_PORT)."""
     from server.web.app import create_app
 
+    limit_malloc_arenas()  # before the services start their threads
     services = await Services.start(settings, loopback=loopback, replica=replica)
     metrics_server = None
     try:
